@@ -1,0 +1,207 @@
+//! File operations, run as the sandbox's root inside its own root filesystem: a path can only
+//! ever name something in this sandbox, whatever `..` or symlinks it contains.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use sandpit_proto::{
+    read_frame, write_data, write_end, write_json, AgentError, Channel, Entry, EntryKind,
+    ErrorCode, Frame, ProtoError, Reply, Request, CHUNK,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+fn check(path: &str) -> Result<(), AgentError> {
+    if !path.starts_with('/') || path.contains('\0') {
+        return Err(AgentError::new(
+            ErrorCode::InvalidPath,
+            format!("path '{path}' must be absolute"),
+        ));
+    }
+    Ok(())
+}
+
+fn entry(path: &Path, meta: &std::fs::Metadata) -> Entry {
+    let ft = meta.file_type();
+    let kind = if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else {
+        EntryKind::Other
+    };
+    Entry {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into()),
+        path: path.to_string_lossy().into_owned(),
+        kind,
+        size: meta.len(),
+        mode: meta.permissions().mode() & 0o7777,
+        modified: meta.mtime(),
+    }
+}
+
+/// Requests that answer with one reply and carry no data.
+pub async fn handle(req: Request) -> Reply {
+    let res = tokio::task::spawn_blocking(move || simple(req))
+        .await
+        .unwrap_or_else(|e| Err(AgentError::new(ErrorCode::Internal, e.to_string())));
+    res.unwrap_or_else(Reply::Error)
+}
+
+fn io(path: &str) -> impl Fn(std::io::Error) -> AgentError + '_ {
+    move |e| AgentError::from_io(&e, path)
+}
+
+fn simple(req: Request) -> Result<Reply, AgentError> {
+    match req {
+        Request::Stat { path } => {
+            check(&path)?;
+            let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+            Ok(Reply::Entry(entry(Path::new(&path), &meta)))
+        }
+        Request::ListDir { path } => {
+            check(&path)?;
+            let meta = std::fs::metadata(&path).map_err(io(&path))?;
+            if !meta.is_dir() {
+                return Err(AgentError::new(
+                    ErrorCode::NotADirectory,
+                    format!("'{path}' is not a directory"),
+                ));
+            }
+            let mut entries = Vec::new();
+            for e in std::fs::read_dir(&path).map_err(io(&path))? {
+                let e = e.map_err(io(&path))?;
+                if let Ok(meta) = e.path().symlink_metadata() {
+                    entries.push(entry(&e.path(), &meta));
+                }
+            }
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Reply::Entries { entries })
+        }
+        Request::Mkdir { path, parents } => {
+            check(&path)?;
+            let r = if parents {
+                std::fs::create_dir_all(&path)
+            } else {
+                std::fs::create_dir(&path)
+            };
+            r.map_err(io(&path))?;
+            Ok(Reply::Ok)
+        }
+        Request::Remove { path, recursive } => {
+            check(&path)?;
+            if path == "/" {
+                return Err(AgentError::new(ErrorCode::InvalidPath, "refusing to remove '/'"));
+            }
+            let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
+            let r = if !meta.is_dir() {
+                std::fs::remove_file(&path)
+            } else if recursive {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_dir(&path)
+            };
+            r.map_err(io(&path))?;
+            Ok(Reply::Ok)
+        }
+        Request::Rename { from, to } => {
+            check(&from)?;
+            check(&to)?;
+            std::fs::symlink_metadata(&from).map_err(io(&from))?;
+            if let Some(parent) = Path::new(&to).parent() {
+                std::fs::create_dir_all(parent).map_err(io(&to))?;
+            }
+            std::fs::rename(&from, &to).map_err(io(&from))?;
+            Ok(Reply::Ok)
+        }
+        other => Err(AgentError::new(
+            ErrorCode::BadRequest,
+            format!("unexpected request {other:?}"),
+        )),
+    }
+}
+
+/// Sends a file: `FileInfo`, its bytes as data frames, an end frame.
+pub async fn read<W: AsyncWrite + Unpin>(path: &str, wr: &mut W) -> Result<(), ProtoError> {
+    if let Err(e) = check(path) {
+        return write_json(wr, &Reply::Error(e)).await;
+    }
+    let opened = async {
+        let f = tokio::fs::File::open(path).await?;
+        let meta = f.metadata().await?;
+        Ok::<_, std::io::Error>((f, meta))
+    }
+    .await;
+    let (mut file, meta) = match opened {
+        Ok(pair) => pair,
+        Err(e) => return write_json(wr, &Reply::Error(AgentError::from_io(&e, path))).await,
+    };
+    if meta.is_dir() {
+        let err = AgentError::new(ErrorCode::IsADirectory, format!("'{path}' is a directory"));
+        return write_json(wr, &Reply::Error(err)).await;
+    }
+    write_json(wr, &Reply::FileInfo { size: meta.len() }).await?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match file.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => write_data(wr, Channel::Input, &buf[..n]).await?,
+            // The size was already announced; a short stream tells the server it failed.
+            Err(_) => return Err(ProtoError::Closed),
+        }
+    }
+    write_end(wr, Channel::Input).await
+}
+
+/// Receives a file: data frames until the end frame, then answers `Ok` or an error. Parent
+/// directories are created. On failure the rest of the upload is still consumed, so the
+/// connection stays usable.
+pub async fn write<R, W>(path: &str, mode: Option<u32>, rd: &mut R, wr: &mut W) -> Result<(), ProtoError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut failure = check(path).err();
+    let mut file = None;
+    if failure.is_none() {
+        let opened = async {
+            if let Some(parent) = Path::new(path).parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            let mut opts = tokio::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true).mode(mode.unwrap_or(0o644));
+            opts.open(path).await
+        }
+        .await;
+        match opened {
+            Ok(f) => file = Some(f),
+            Err(e) => failure = Some(AgentError::from_io(&e, path)),
+        }
+    }
+    loop {
+        match read_frame(rd).await? {
+            Frame::Data(Channel::Input, data) => {
+                if let (Some(f), None) = (file.as_mut(), &failure) {
+                    if let Err(e) = f.write_all(&data).await {
+                        failure = Some(AgentError::from_io(&e, path));
+                    }
+                }
+            }
+            Frame::End(Channel::Input) => break,
+            other => {
+                return Err(ProtoError::Malformed(format!("unexpected frame in upload: {other:?}")))
+            }
+        }
+    }
+    if let (Some(mut f), None) = (file, &failure) {
+        if let Err(e) = f.flush().await {
+            failure = Some(AgentError::from_io(&e, path));
+        }
+    }
+    let reply = failure.map_or(Reply::Ok, Reply::Error);
+    write_json(wr, &reply).await
+}

@@ -1,0 +1,318 @@
+//! The agent protocol: the one place that knows how the server and the in-sandbox agent
+//! talk. A connection carries one request at a time; a request is a JSON frame, possibly
+//! followed by data frames, and the answer is a sequence of frames ending in a terminal one.
+//!
+//! Frame layout: `u32` big-endian length of what follows, one kind byte, payload.
+//! - `KIND_JSON`: a [`Request`] or [`Reply`] as JSON.
+//! - `KIND_DATA`: one channel byte ([`Channel`]) then raw bytes.
+//! - `KIND_END`: one channel byte; the end of that channel's data.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bumped whenever a wire type changes incompatibly; the server refuses agents it does not speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts; data is sent in chunks well below it.
+pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+/// Size of the data chunks both sides send.
+pub const CHUNK: usize = 256 * 1024;
+
+const KIND_JSON: u8 = 1;
+const KIND_DATA: u8 = 2;
+const KIND_END: u8 = 3;
+
+/// Which stream a data frame belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Channel {
+    /// File contents or stdin.
+    Input = 0,
+    Stdout = 1,
+    Stderr = 2,
+}
+
+impl Channel {
+    fn from_byte(b: u8) -> Result<Self, ProtoError> {
+        match b {
+            0 => Ok(Channel::Input),
+            1 => Ok(Channel::Stdout),
+            2 => Ok(Channel::Stderr),
+            other => Err(ProtoError::Malformed(format!("unknown channel {other}"))),
+        }
+    }
+}
+
+/// What the server asks of the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    Exec(ExecSpec),
+    /// Answered by `Reply::FileInfo` then the file as data frames and an end frame.
+    ReadFile { path: String },
+    /// Followed by the contents as data frames and an end frame; answered by `Reply::Ok`.
+    WriteFile {
+        path: String,
+        #[serde(default)]
+        mode: Option<u32>,
+    },
+    ListDir { path: String },
+    Stat { path: String },
+    Mkdir { path: String, parents: bool },
+    Remove { path: String, recursive: bool },
+    Rename { from: String, to: String },
+}
+
+/// A command to run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Program and arguments; the server turns shell text into a shell argv.
+    pub argv: Vec<String>,
+    /// The whole environment of the command (the server merges sandbox and request env).
+    pub env: BTreeMap<String, String>,
+    pub cwd: String,
+    #[serde(default)]
+    pub stdin: Option<Vec<u8>>,
+    /// Kill the command's whole process tree after this long.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// What the agent answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Pong { version: u32, agent_version: String },
+    Ok,
+    Error(AgentError),
+    /// An exec started; output follows as data frames, then `Exited`.
+    Started { pid: i32 },
+    Exited(ExitStatus),
+    FileInfo { size: u64 },
+    Entries { entries: Vec<Entry> },
+    Entry(Entry),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The exit status, or 128 + signal number when killed by a signal.
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+}
+
+/// A directory entry or the answer to a stat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub name: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    /// Seconds since the epoch.
+    pub modified: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// A failure the agent reports; `code` maps onto an API error code.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AgentError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    AlreadyExists,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
+    PermissionDenied,
+    InvalidPath,
+    NoSpace,
+    BadRequest,
+    Internal,
+}
+
+impl AgentError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Maps an OS error on `path` to the code a client can act on.
+    pub fn from_io(err: &std::io::Error, path: &str) -> Self {
+        use std::io::ErrorKind as K;
+        let code = match err.kind() {
+            K::NotFound => ErrorCode::NotFound,
+            K::AlreadyExists => ErrorCode::AlreadyExists,
+            K::PermissionDenied => ErrorCode::PermissionDenied,
+            K::IsADirectory => ErrorCode::IsADirectory,
+            K::NotADirectory => ErrorCode::NotADirectory,
+            K::DirectoryNotEmpty => ErrorCode::NotEmpty,
+            K::StorageFull => ErrorCode::NoSpace,
+            K::InvalidInput | K::InvalidFilename => ErrorCode::InvalidPath,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, format!("{path}: {err}"))
+    }
+}
+
+/// One frame off the wire.
+#[derive(Debug)]
+pub enum Frame {
+    Json(Vec<u8>),
+    Data(Channel, Vec<u8>),
+    End(Channel),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("agent connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("bad JSON frame: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("connection closed")]
+    Closed,
+}
+
+/// Writes a JSON frame.
+pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), ProtoError> {
+    let body = serde_json::to_vec(msg)?;
+    write_raw(w, KIND_JSON, None, &body).await
+}
+
+/// Writes a data frame on `ch`.
+pub async fn write_data<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    ch: Channel,
+    data: &[u8],
+) -> Result<(), ProtoError> {
+    write_raw(w, KIND_DATA, Some(ch), data).await
+}
+
+/// Writes the end-of-data frame of `ch`.
+pub async fn write_end<W: AsyncWrite + Unpin>(w: &mut W, ch: Channel) -> Result<(), ProtoError> {
+    write_raw(w, KIND_END, Some(ch), &[]).await
+}
+
+async fn write_raw<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    ch: Option<Channel>,
+    body: &[u8],
+) -> Result<(), ProtoError> {
+    let extra = usize::from(ch.is_some());
+    let len = 1 + extra + body.len();
+    if len > MAX_FRAME {
+        return Err(ProtoError::Malformed(format!("frame of {len} bytes")));
+    }
+    let mut head = [0u8; 6];
+    head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head[4] = kind;
+    if let Some(ch) = ch {
+        head[5] = ch as u8;
+    }
+    w.write_all(&head[..5 + extra]).await?;
+    w.write_all(body).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame; `Err(Closed)` on a clean end of stream before a frame starts.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, ProtoError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ProtoError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(ProtoError::Malformed(format!("frame length {len}")));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    match buf[0] {
+        KIND_JSON => {
+            buf.remove(0);
+            Ok(Frame::Json(buf))
+        }
+        KIND_DATA if len >= 2 => {
+            let ch = Channel::from_byte(buf[1])?;
+            buf.drain(..2);
+            Ok(Frame::Data(ch, buf))
+        }
+        KIND_END if len == 2 => Ok(Frame::End(Channel::from_byte(buf[1])?)),
+        other => Err(ProtoError::Malformed(format!("frame kind {other}, length {len}"))),
+    }
+}
+
+/// Decodes the body of a JSON frame.
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ProtoError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// Reads a frame that must be JSON of type `T`.
+pub async fn read_json<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+) -> Result<T, ProtoError> {
+    match read_frame(r).await? {
+        Frame::Json(body) => Ok(serde_json::from_slice(&body)?),
+        other => Err(ProtoError::Malformed(format!(
+            "expected a JSON frame, got {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        write_json(&mut a, &Request::Stat { path: "/x".into() }).await.unwrap();
+        write_data(&mut a, Channel::Stdout, b"\x00\xffhi").await.unwrap();
+        write_end(&mut a, Channel::Stderr).await.unwrap();
+        drop(a);
+        let req: Request = read_json(&mut b).await.unwrap();
+        assert!(matches!(req, Request::Stat { path } if path == "/x"));
+        match read_frame(&mut b).await.unwrap() {
+            Frame::Data(Channel::Stdout, d) => assert_eq!(d, b"\x00\xffhi"),
+            f => panic!("unexpected {f:?}"),
+        }
+        assert!(matches!(read_frame(&mut b).await.unwrap(), Frame::End(Channel::Stderr)));
+        assert!(matches!(read_frame(&mut b).await, Err(ProtoError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(matches!(read_frame(&mut b).await, Err(ProtoError::Malformed(_))));
+    }
+}

@@ -1,0 +1,581 @@
+//! `sandpit jail`: the short-lived, single-threaded set-up step that turns a directory into
+//! a running sandbox and execs the agent inside it. It is the only code that forks into
+//! namespaces and mounts; the async server just spawns it and reads one JSON line back.
+//!
+//! Process chain: the jail process (host) forks a child that unshares the namespaces, the host
+//! side writes the child's uid/gid maps, the child forks the sandbox's init (PID 1 of the new
+//! pid namespace), which finishes the mounts, pivots into the sandbox root, drops
+//! capabilities, installs seccomp and execs `/.sandpit/sandpit agent`. The jail and the child
+//! then exit, so the sandbox belongs to nobody's process tree but init's and outlives the server.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::sys::wait::waitpid;
+use nix::unistd::{
+    chdir, chown, fork, pivot_root, sethostname, setresgid, setresuid, ForkResult, Gid, Pid, Uid,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::Launched;
+
+/// Host directories that make up the default base, bound read-only (or recreated as the same
+/// symlink, on merged-/usr systems).
+pub const BASE_DIRS: &[&str] = &[
+    "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// Device nodes bound from the host into the sandbox's `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Capabilities root keeps inside a sandbox (Docker's default set); all others are dropped
+/// from the bounding set.
+const KEPT_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+/// Everything the jail needs, passed as JSON on its standard input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JailConfig {
+    pub id: String,
+    /// Holds `rootfs/`, `agent.sock` and `agent.log`.
+    pub sandbox_dir: PathBuf,
+    /// The `sandpit` binary, bound read-only to `/.sandpit/sandpit`.
+    pub agent_binary: PathBuf,
+    /// Host uid and gid that root inside maps to, and how many ids are mapped.
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub id_count: u32,
+    /// The server runs as root (writes any id map); otherwise only the own uid is mapped.
+    pub privileged: bool,
+    /// `cgroup.procs` files to join before forking.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+impl JailConfig {
+    pub fn rootfs(&self) -> PathBuf {
+        self.sandbox_dir.join("rootfs")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.sandbox_dir.join("agent.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.sandbox_dir.join("agent.log")
+    }
+}
+
+type Fallible<T> = Result<T, String>;
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Fallible<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+/// Entry point of `sandpit jail`: reads the config from stdin, starts the sandbox, prints the
+/// [`Launched`] handle as JSON on stdout. Returns the process exit code.
+pub fn main() -> i32 {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("sandpit jail: reading config: {e}");
+        return 2;
+    }
+    let cfg: JailConfig = match serde_json::from_str(&input) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sandpit jail: bad config: {e}");
+            return 2;
+        }
+    };
+    match launch(&cfg) {
+        Ok(launched) => {
+            println!("{}", serde_json::to_string(&launched).unwrap_or_default());
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn launch(cfg: &JailConfig) -> Fallible<Launched> {
+    prepare_rootfs(cfg)?;
+    let listener = bind_socket(cfg)?;
+    let log = ctx(
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(cfg.log()),
+        || format!("opening {}", cfg.log().display()),
+    )?;
+    let me = std::process::id().to_string();
+    for procs in &cfg.cgroup_procs {
+        ctx(fs::write(procs, &me), || format!("joining cgroup {}", procs.display()))?;
+    }
+    // Leave the server's session so that signals to its terminal never reach the sandbox.
+    let _ = nix::unistd::setsid();
+    let (status_r, status_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
+        "pipe".into()
+    })?;
+    let (go_r, go_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
+        "pipe".into()
+    })?;
+
+    // SAFETY: this process is single-threaded (the jail runs no runtime and spawns no
+    // threads), so the child may use any function after fork.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(status_r);
+            drop(go_w);
+            let mut status = fs::File::from(status_w);
+            let code = match child(cfg, &mut status, go_r, &listener, &log) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(status, "E {}", e.replace('\n', " "));
+                    1
+                }
+            };
+            // SAFETY: _exit ends the forked child without running the parent's destructors
+            // or flushing buffers it shares with the parent.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(status_w);
+            drop(go_r);
+            let result = supervise(cfg, child, status_r, go_w);
+            let _ = waitpid(child, None);
+            result
+        }
+    }
+}
+
+/// Host side: answers the child's request for id maps and collects the init's pid.
+fn supervise(cfg: &JailConfig, child: Pid, status_r: OwnedFd, go_w: OwnedFd) -> Fallible<Launched> {
+    let mut go = fs::File::from(go_w);
+    let reader = BufReader::new(fs::File::from(status_r));
+    let mut init: Option<i32> = None;
+    let mut ready = false;
+    for line in reader.lines() {
+        let line = line.map_err(|e| format!("reading jail status: {e}"))?;
+        if line == "U" {
+            write_id_maps(cfg, child)?;
+            ctx(go.write_all(b"g"), || "signalling child".into())?;
+        } else if let Some(pid) = line.strip_prefix("P ") {
+            init = pid.parse().ok();
+        } else if line == "R" {
+            ready = true;
+        } else if let Some(msg) = line.strip_prefix("E ") {
+            return Err(format!("sandbox '{}': {msg}", cfg.id));
+        }
+    }
+    match (init, ready) {
+        (Some(pid), true) => Ok(Launched {
+            pid,
+            start_time: start_time(pid).ok_or_else(|| format!("sandbox init {pid} vanished"))?,
+        }),
+        _ => Err(format!(
+            "sandbox '{}': init exited during set-up (see {})",
+            cfg.id,
+            cfg.log().display()
+        )),
+    }
+}
+
+fn write_id_maps(cfg: &JailConfig, child: Pid) -> Fallible<()> {
+    let proc_dir = PathBuf::from(format!("/proc/{child}"));
+    let w = |file: &str, text: String| {
+        ctx(fs::write(proc_dir.join(file), &text), || {
+            format!("writing {file} '{}'", text.trim())
+        })
+    };
+    if cfg.privileged {
+        w("uid_map", format!("0 {} {}\n", cfg.host_uid, cfg.id_count))?;
+        w("gid_map", format!("0 {} {}\n", cfg.host_gid, cfg.id_count))?;
+    } else {
+        w("setgroups", "deny".into())?;
+        w("uid_map", format!("0 {} 1\n", cfg.host_uid))?;
+        w("gid_map", format!("0 {} 1\n", cfg.host_gid))?;
+    }
+    Ok(())
+}
+
+/// Reads the start time (clock ticks after boot) of `pid` from `/proc/<pid>/stat`.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// The child: enters the namespaces, becomes root there, forks the sandbox's init.
+fn child(
+    cfg: &JailConfig,
+    status: &mut fs::File,
+    go_r: OwnedFd,
+    listener: &UnixListener,
+    log: &fs::File,
+) -> Fallible<()> {
+    let rest = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
+    let mut go = fs::File::from(go_r);
+    let mut request_maps = |status: &mut fs::File| -> Fallible<()> {
+        ctx(writeln!(status, "U"), || "asking for id maps".into())?;
+        let mut b = [0u8; 1];
+        ctx(go.read_exact(&mut b), || "waiting for id maps".into())?;
+        become_root(cfg.privileged)
+    };
+    if cfg.privileged {
+        // Host root does the binds, so that paths only root may traverse still work; the
+        // second mount namespace, owned by the sandbox's user namespace, locks them.
+        ctx(unshare(CloneFlags::CLONE_NEWNS), || "unshare(mount)".into())?;
+        host_mounts(cfg)?;
+        ctx(unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | rest), || {
+            "unshare(user, mount, pid, net, uts, ipc, cgroup)".into()
+        })?;
+        request_maps(status)?;
+    } else {
+        ctx(unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS), || {
+            "unshare(user, mount)".into()
+        })?;
+        request_maps(status)?;
+        host_mounts(cfg)?;
+        ctx(unshare(rest), || "unshare(pid, net, uts, ipc, cgroup)".into())?;
+    }
+    // SAFETY: still single-threaded; see `launch`.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork of init: {e}")),
+        Ok(ForkResult::Parent { child }) => {
+            ctx(writeln!(status, "P {child}"), || "reporting init pid".into())?;
+            Ok(())
+        }
+        Ok(ForkResult::Child) => {
+            let err = match init(cfg, status, listener, log) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let _ = writeln!(status, "E {}", err.replace('\n', " "));
+            // SAFETY: see `launch`.
+            unsafe { libc::_exit(1) }
+        }
+    }
+}
+
+fn become_root(privileged: bool) -> Fallible<()> {
+    if privileged {
+        ctx(nix::unistd::setgroups(&[]), || "setgroups".into())?;
+    }
+    ctx(
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
+        || "setresgid(0)".into(),
+    )?;
+    ctx(
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
+        || "setresuid(0)".into(),
+    )
+}
+
+/// Binds the host's system directories, the agent binary and device nodes into the rootfs,
+/// and leaves the working directory at the rootfs (later steps use relative paths only).
+fn host_mounts(cfg: &JailConfig) -> Fallible<()> {
+    let rootfs = cfg.rootfs();
+    ctx(
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
+        || "making / private".into(),
+    )?;
+    ctx(
+        mount(Some(&rootfs), &rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+        || format!("binding {}", rootfs.display()),
+    )?;
+    ctx(chdir(&rootfs), || format!("chdir {}", rootfs.display()))?;
+    for dir in BASE_DIRS {
+        let host = Path::new(dir);
+        let Ok(meta) = fs::symlink_metadata(host) else {
+            continue;
+        };
+        if meta.is_dir() {
+            bind_ro(host, &relative(dir))?;
+        }
+    }
+    bind_ro(&cfg.agent_binary, Path::new(".sandpit/sandpit"))?;
+    ctx(
+        mount(
+            Some("tmpfs"),
+            "dev",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=755,size=1m,nr_inodes=256"),
+        ),
+        || "mounting /dev".into(),
+    )?;
+    for dev in DEVICES {
+        let target = Path::new("dev").join(dev);
+        ctx(fs::File::create(&target), || format!("creating /dev/{dev}"))?;
+        ctx(
+            mount(Some(&Path::new("/dev").join(dev)), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+            || format!("binding /dev/{dev}"),
+        )?;
+    }
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(symlink(target, Path::new("dev").join(link)), || format!("/dev/{link}"))?;
+    }
+    for dir in ["pts", "shm"] {
+        ctx(fs::create_dir(Path::new("dev").join(dir)), || format!("/dev/{dir}"))?;
+    }
+    Ok(())
+}
+
+fn relative(abs: &str) -> PathBuf {
+    PathBuf::from(abs.trim_start_matches('/'))
+}
+
+/// Binds `src` onto `dst` read-only, keeping the flags the kernel insists stay locked.
+fn bind_ro(src: &Path, dst: &Path) -> Fallible<()> {
+    ctx(
+        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+        || format!("binding {}", src.display()),
+    )?;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+    if let Ok(st) = statvfs(dst) {
+        let f = st.flags();
+        for (fs_flag, ms_flag) in [
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if f.contains(fs_flag) {
+                flags |= ms_flag;
+            }
+        }
+    }
+    ctx(
+        mount(None::<&str>, dst, None::<&str>, flags, None::<&str>),
+        || format!("making {} read-only", dst.display()),
+    )
+}
+
+/// PID 1 of the sandbox: finishes the mounts, pivots, drops privileges, execs the agent.
+fn init(
+    cfg: &JailConfig,
+    status: &mut fs::File,
+    listener: &UnixListener,
+    log: &fs::File,
+) -> Fallible<std::convert::Infallible> {
+    if cfg.privileged {
+        // pivot_root refuses a new root that is locked, as every mount made by host root is
+        // here: stack an own bind of it on top and step onto that through the parent.
+        ctx(
+            mount(Some("."), ".", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+            || "re-binding the root".into(),
+        )?;
+        ctx(chdir("../rootfs"), || "entering the re-bound root".into())?;
+    }
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    ctx(mount(Some("proc"), "proc", Some("proc"), nodev, None::<&str>), || {
+        "mounting /proc".into()
+    })?;
+    let pts_opts = if cfg.privileged {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620"
+    };
+    ctx(
+        mount(Some("devpts"), "dev/pts", Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(pts_opts)),
+        || "mounting /dev/pts".into(),
+    )?;
+    ctx(
+        mount(Some("shm"), "dev/shm", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=64m")),
+        || "mounting /dev/shm".into(),
+    )?;
+    ctx(sethostname(&cfg.id), || "sethostname".into())?;
+    loopback_up()?;
+    ctx(pivot_root(".", "."), || "pivot_root".into())?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || "detaching the host root".into())?;
+    ctx(chdir("/"), || "chdir /".into())?;
+
+    let devnull = ctx(fs::File::open("/dev/null"), || "opening /dev/null".into())?;
+    let listener_fd = high_dup(listener.as_raw_fd())?;
+    let log_fd = high_dup(log.as_raw_fd())?;
+    let null_fd = high_dup(devnull.as_raw_fd())?;
+    for (from, to) in [(null_fd, 0), (log_fd, 1), (log_fd, 2), (listener_fd, 3)] {
+        // SAFETY: plain descriptor juggling on descriptors this process owns.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: marks every descriptor above the agent's socket close-on-exec; no memory involved.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
+    drop_capabilities()?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+    }
+    let filters = crate::seccomp::filters().map_err(|e| e.to_string())?;
+    crate::seccomp::install(&filters).map_err(|e| e.to_string())?;
+
+    ctx(writeln!(status, "R"), || "reporting readiness".into())?;
+    let prog = CString::new("/.sandpit/sandpit").map_err(|e| e.to_string())?;
+    let args = [c"sandpit".to_owned(), c"agent".to_owned()];
+    let env: Vec<CString> = [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "HOME=/root".to_string(),
+        "SANDPIT_AGENT_FD=3".to_string(),
+        format!("SANDPIT_SANDBOX_ID={}", cfg.id),
+    ]
+    .into_iter()
+    .filter_map(|s| CString::new(s).ok())
+    .collect();
+    let err = nix::unistd::execve(&prog, &args, &env).err();
+    Err(format!("exec of the agent: {err:?}"))
+}
+
+fn high_dup(fd: RawFd) -> Fallible<RawFd> {
+    // SAFETY: duplicates a descriptor this process owns.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) };
+    if new < 0 {
+        return Err(format!("dup: {}", std::io::Error::last_os_error()));
+    }
+    Ok(new)
+}
+
+fn drop_capabilities() -> Fallible<()> {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        if KEPT_CAPS.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(format!("dropping capability {cap}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Brings `lo` up in the sandbox's fresh network namespace.
+fn loopback_up() -> Fallible<()> {
+    // SAFETY: a datagram socket for the ioctl below; the descriptor is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo\0".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass, which lives on our
+    // stack for the duration of the calls; the union field used is the flags one.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(format!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error()));
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(format!("SIOCSIFFLAGS lo: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+fn bind_socket(cfg: &JailConfig) -> Fallible<UnixListener> {
+    let path = cfg.socket();
+    let _ = fs::remove_file(&path);
+    let short = ctx(crate::sockpath::shorten(&path), || format!("socket path {}", path.display()))?;
+    let listener = ctx(UnixListener::bind(&short.path), || format!("binding {}", path.display()))?;
+    ctx(fs::set_permissions(&path, fs::Permissions::from_mode(0o600)), || {
+        format!("chmod {}", path.display())
+    })?;
+    Ok(listener)
+}
+
+/// Creates the sandbox's root directory skeleton (idempotent: a restart reuses it).
+fn prepare_rootfs(cfg: &JailConfig) -> Fallible<()> {
+    let root = cfg.rootfs();
+    let owner = cfg.privileged.then(|| (Uid::from_raw(cfg.host_uid), Gid::from_raw(cfg.host_gid)));
+    let mkdir = |rel: &str, mode: u32, owned: bool| -> Fallible<()> {
+        let p = if rel.is_empty() { root.clone() } else { root.join(rel) };
+        if p.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        ctx(fs::create_dir(&p), || format!("mkdir {}", p.display()))?;
+        ctx(fs::set_permissions(&p, fs::Permissions::from_mode(mode)), || {
+            format!("chmod {}", p.display())
+        })?;
+        if let (true, Some((u, g))) = (owned, owner) {
+            ctx(chown(&p, Some(u), Some(g)), || format!("chown {}", p.display()))?;
+        }
+        Ok(())
+    };
+    ctx(fs::create_dir_all(&cfg.sandbox_dir), || {
+        format!("mkdir {}", cfg.sandbox_dir.display())
+    })?;
+    mkdir("", 0o755, true)?;
+    for dir in BASE_DIRS {
+        let rel = dir.trim_start_matches('/');
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = ctx(fs::read_link(dir), || format!("readlink {dir}"))?;
+                let link = root.join(rel);
+                if link.symlink_metadata().is_err() {
+                    ctx(symlink(&target, &link), || format!("symlink {}", link.display()))?;
+                }
+            }
+            Ok(m) if m.is_dir() => mkdir(rel, 0o755, false)?,
+            _ => {}
+        }
+    }
+    for (rel, mode, owned) in [
+        ("proc", 0o555, false),
+        ("dev", 0o755, false),
+        (".sandpit", 0o755, false),
+        ("tmp", 0o1777, true),
+        ("workspace", 0o755, true),
+        ("root", 0o700, true),
+        ("home", 0o755, true),
+        ("run", 0o755, true),
+        ("mnt", 0o755, true),
+        ("var", 0o755, true),
+        ("var/tmp", 0o1777, true),
+    ] {
+        mkdir(rel, mode, owned)?;
+    }
+    let agent = root.join(".sandpit/sandpit");
+    if agent.symlink_metadata().is_err() {
+        ctx(fs::File::create(&agent), || format!("creating {}", agent.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn start_time_of_self() {
+        let me = std::process::id() as i32;
+        assert!(super::start_time(me).is_some());
+        assert!(super::start_time(i32::MAX).is_none());
+    }
+}

@@ -1,0 +1,76 @@
+//! sandpit-runtime: starts, inspects and ends sandboxes on this machine.
+//!
+//! The server talks to a [`Runtime`]; the only implementation today is [`NativeRuntime`],
+//! which uses Linux namespaces, a per-sandbox root directory with the host's system
+//! directories bound read-only, cgroups (v1 or v2) and a seccomp denylist. The dangerous part
+//! (forking into namespaces, mounting, dropping privileges) happens in [`jail`], a separate
+//! short-lived process (`sandpit jail`), never inside the async server.
+
+pub mod cgroup;
+pub mod jail;
+mod native;
+pub mod seccomp;
+pub mod sockpath;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use native::{NativeRuntime, RuntimeOptions};
+
+/// Resource limits of one sandbox; `None` leaves a resource unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+/// What the runtime needs to start (or restart) a sandbox.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub id: String,
+    pub limits: Limits,
+    /// Index of the sandbox's uid/gid range (distinct per live sandbox).
+    pub slot: u32,
+}
+
+/// A running sandbox as the runtime knows it: enough to find it again after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launched {
+    /// Host pid of the sandbox's init (the agent).
+    pub pid: i32,
+    /// Its start time in clock ticks since boot, so a recycled pid is never mistaken for it.
+    pub start_time: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("sandbox '{id}': {message}")]
+    Launch { id: String, message: String },
+    #[error("sandbox '{id}': {source} ({path})")]
+    Io {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Starts and ends sandboxes. Kept small so that other runtimes (a Kubernetes pod, a microVM)
+/// are an added module: each only has to start the agent somewhere and say where its socket is.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// Starts the sandbox's agent; also used to bring back a sandbox whose agent is gone.
+    /// Returns the handle and warnings about limits that could not be applied.
+    async fn start(&self, spec: &LaunchSpec) -> Result<(Launched, Vec<String>), RuntimeError>;
+    /// Whether the handle still names a live sandbox init.
+    fn is_alive(&self, launched: &Launched) -> bool;
+    /// Kills every process of the sandbox; its files stay.
+    async fn stop(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError>;
+    /// Stops the sandbox and removes its files and cgroups.
+    async fn destroy(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError>;
+    /// The Unix socket the sandbox's agent listens on.
+    fn agent_socket(&self, id: &str) -> PathBuf;
+    /// Warnings that apply to every sandbox (e.g. no cgroup delegation).
+    fn warnings(&self) -> Vec<String>;
+}

@@ -1,0 +1,214 @@
+//! The native runtime: sandboxes as namespaces on this machine, started through `sandpit jail`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt;
+
+use crate::cgroup::{self, CgroupSetup};
+use crate::jail::{start_time, JailConfig};
+use crate::{LaunchSpec, Launched, Runtime, RuntimeError};
+
+/// How many uids/gids each sandbox gets when the server runs as root.
+pub const IDS_PER_SANDBOX: u32 = 65536;
+
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub data_dir: PathBuf,
+    /// The `sandpit` binary: run as `sandpit jail` and bound into sandboxes as the agent.
+    pub binary: PathBuf,
+    /// First host uid of sandbox id ranges (root only); slot N gets `uid_base + N * 65536`.
+    pub uid_base: u32,
+}
+
+pub struct NativeRuntime {
+    opts: RuntimeOptions,
+    cgroups: CgroupSetup,
+    privileged: bool,
+}
+
+impl NativeRuntime {
+    pub fn new(opts: RuntimeOptions) -> Self {
+        let instance = instance_name(&opts.data_dir);
+        let cgroups = CgroupSetup::detect(&instance);
+        if let Some(w) = cgroups.warning() {
+            tracing::warn!("{w}");
+        }
+        tracing::info!(?cgroups, "cgroups");
+        Self {
+            opts,
+            cgroups,
+            privileged: nix::unistd::geteuid().is_root(),
+        }
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.opts.data_dir.join("sandboxes").join(id)
+    }
+
+    fn err(id: &str, message: impl Into<String>) -> RuntimeError {
+        RuntimeError::Launch {
+            id: id.to_string(),
+            message: message.into(),
+        }
+    }
+
+    async fn kill_init(&self, launched: Option<Launched>) {
+        let Some(l) = launched else { return };
+        if !self.is_alive(&l) {
+            return;
+        }
+        // Killing the init of a pid namespace kills every process in it.
+        let _ = kill(Pid::from_raw(l.pid), Signal::SIGKILL);
+        for _ in 0..200 {
+            if !self.is_alive(&l) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A short, stable name for this data dir, so two servers on one host keep their cgroups apart.
+fn instance_name(data_dir: &Path) -> String {
+    let canonical = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:08x}", h as u32)
+}
+
+#[async_trait::async_trait]
+impl Runtime for NativeRuntime {
+    async fn start(&self, spec: &LaunchSpec) -> Result<(Launched, Vec<String>), RuntimeError> {
+        let id = spec.id.clone();
+        let cgroups = self.cgroups.clone();
+        let limits = spec.limits;
+        let cg_id = id.clone();
+        let (cg, mut warnings) =
+            tokio::task::spawn_blocking(move || cgroups.create(&cg_id, &limits))
+                .await
+                .map_err(|e| Self::err(&id, e.to_string()))?
+                .map_err(|e| Self::err(&id, format!("creating cgroup: {e}")))?;
+        warnings.extend(self.cgroups.warning());
+        let (host_uid, host_gid, id_count) = if self.privileged {
+            let base = self.opts.uid_base + spec.slot * IDS_PER_SANDBOX;
+            (base, base, IDS_PER_SANDBOX)
+        } else {
+            (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw(), 1)
+        };
+        let cfg = JailConfig {
+            id: id.clone(),
+            sandbox_dir: self.sandbox_dir(&id),
+            agent_binary: self.opts.binary.clone(),
+            host_uid,
+            host_gid,
+            id_count,
+            privileged: self.privileged,
+            cgroup_procs: cg.procs_files(),
+        };
+        let input = serde_json::to_vec(&cfg).map_err(|e| Self::err(&id, e.to_string()))?;
+        let mut child = tokio::process::Command::new(&self.opts.binary)
+            .arg("jail")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Self::err(&id, format!("spawning the jail: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(&input)
+                .await
+                .map_err(|e| Self::err(&id, format!("configuring the jail: {e}")))?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .map_err(|_| Self::err(&id, "the jail did not finish within 30 s"))?
+            .map_err(|e| Self::err(&id, format!("waiting for the jail: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            cgroup::destroy(&cg);
+            return Err(Self::err(&id, format!("start failed: {stderr}")));
+        }
+        let launched: Launched = serde_json::from_slice(&out.stdout).map_err(|e| {
+            Self::err(&id, format!("the jail answered '{}': {e}", String::from_utf8_lossy(&out.stdout)))
+        })?;
+        Ok((launched, warnings))
+    }
+
+    fn is_alive(&self, launched: &Launched) -> bool {
+        start_time(launched.pid) == Some(launched.start_time)
+    }
+
+    async fn stop(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError> {
+        self.kill_init(launched).await;
+        let cg = self.cgroups.dirs_of(id);
+        tokio::task::spawn_blocking(move || cgroup::destroy(&cg))
+            .await
+            .map_err(|e| Self::err(id, e.to_string()))?;
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError> {
+        self.stop(id, launched).await?;
+        let dir = self.sandbox_dir(id);
+        tokio::task::spawn_blocking(move || remove_tree(&dir))
+            .await
+            .map_err(|e| Self::err(id, e.to_string()))?
+            .map_err(|(path, source)| RuntimeError::Io {
+                id: id.to_string(),
+                path,
+                source,
+            })
+    }
+
+    fn agent_socket(&self, id: &str) -> PathBuf {
+        self.sandbox_dir(id).join("agent.sock")
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.cgroups.warning().into_iter().collect()
+    }
+}
+
+/// Removes a sandbox directory even where the sandbox made parts of it unwritable.
+fn remove_tree(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
+    fn open_up(p: &Path) {
+        if let Ok(meta) = p.symlink_metadata() {
+            if meta.is_dir() {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+                if let Ok(rd) = std::fs::read_dir(p) {
+                    for e in rd.flatten() {
+                        open_up(&e.path());
+                    }
+                }
+            }
+        }
+    }
+    open_up(dir);
+    std::fs::remove_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_name_is_stable_and_distinct() {
+        let a = super::instance_name(std::path::Path::new("/nonexistent/a"));
+        assert_eq!(a, super::instance_name(std::path::Path::new("/nonexistent/a")));
+        assert_ne!(a, super::instance_name(std::path::Path::new("/nonexistent/b")));
+        assert_eq!(a.len(), 8);
+    }
+}
