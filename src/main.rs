@@ -1,10 +1,21 @@
 //! The `sandpit` binary: one executable for the server (`serve`), the in-sandbox agent
 //! (`agent`), the namespace set-up step (`jail`, internal) and the benchmark (`bench`).
 
+mod bench;
+mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sandpit", version, about = "Isolated Linux sandboxes over HTTP")]
+#[command(
+    name = "sandpit",
+    version,
+    about = "Isolated Linux sandboxes over HTTP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -12,6 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the HTTP server.
+    Serve(config::ServeArgs),
+    /// Measure create and exec latency against a bare process spawn.
+    Bench(bench::BenchArgs),
     /// Run the agent inside a sandbox (started by `sandpit jail`).
     #[command(hide = true)]
     Agent,
@@ -25,6 +40,102 @@ fn main() {
     let code = match cli.command {
         Command::Agent => sandpit_agent::main(),
         Command::Jail => sandpit_runtime::jail::main(),
+        Command::Serve(args) => report(serve(args)),
+        Command::Bench(args) => report(bench::run(args)),
     };
     std::process::exit(code);
+}
+
+fn report(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("sandpit: {e:#}");
+            1
+        }
+    }
+}
+
+fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
+    let cfg = config::Config::load(args)?;
+    init_logging(&cfg.log_format)?;
+    let addr: SocketAddr = cfg
+        .listen
+        .parse()
+        .with_context(|| format!("--listen '{}'", cfg.listen))?;
+    if cfg.token.is_none() && !addr.ip().is_loopback() && !cfg.insecure {
+        bail!(
+            "refusing to listen on {addr} without a token: set SANDPIT_AUTH_TOKEN, or pass --insecure to serve an open API on the network"
+        );
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let data_dir = cfg.data_dir.canonicalize()?;
+    let binary = std::env::current_exe().context("locating the sandpit binary")?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])?
+            .install_recorder()
+            .context("installing the metrics recorder")?;
+        let runtime = Arc::new(sandpit_runtime::NativeRuntime::new(sandpit_runtime::RuntimeOptions {
+            data_dir: data_dir.clone(),
+            binary,
+            uid_base: cfg.uid_base,
+        }));
+        let store = Arc::new(sandpit_core::store::SqliteStore::open(&data_dir.join("sandpit.db"))?);
+        let core = cfg.core(data_dir.clone());
+        let manager = sandpit_core::SandboxManager::new(runtime, store, core);
+        manager.recover().await?;
+        let reaper = manager.spawn_reaper();
+        let app = sandpit_api::router(sandpit_api::AppState {
+            manager: manager.clone(),
+            token: cfg.token.clone().map(Arc::from),
+            metrics,
+            max_upload_bytes: cfg.max_upload_bytes,
+        });
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(%addr, data_dir = %data_dir.display(), auth = cfg.token.is_some(), "sandpit serving");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        reaper.abort();
+        manager.flush();
+        tracing::info!("stopped; sandboxes keep running and are re-attached at the next start");
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SANDPIT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => bail!("--log-format must be 'text' or 'json', not '{other}'"),
+    }
+    Ok(())
 }

@@ -56,13 +56,20 @@ pub async fn run<W: AsyncWrite + Unpin>(
 ) -> Result<(), ProtoError> {
     let mut sink = Sink { wr, broken: None };
     let Some(program) = spec.argv.first() else {
-        sink.json(&Reply::Error(AgentError::new(ErrorCode::BadRequest, "empty argv")))
-            .await;
+        sink.json(&Reply::Error(AgentError::new(
+            ErrorCode::BadRequest,
+            "empty argv",
+        )))
+        .await;
         return sink.finish();
     };
     if !std::path::Path::new(&spec.cwd).is_dir() {
-        let msg = format!("working directory '{}' does not exist or is not a directory", spec.cwd);
-        sink.json(&Reply::Error(AgentError::new(ErrorCode::InvalidPath, msg))).await;
+        let msg = format!(
+            "working directory '{}' does not exist or is not a directory",
+            spec.cwd
+        );
+        sink.json(&Reply::Error(AgentError::new(ErrorCode::InvalidPath, msg)))
+            .await;
         return sink.finish();
     }
     let started = Instant::now();
@@ -71,7 +78,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
         .env_clear()
         .envs(&spec.env)
         .current_dir(&spec.cwd)
-        .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.

@@ -95,7 +95,10 @@ fn simple(req: Request) -> Result<Reply, AgentError> {
         Request::Remove { path, recursive } => {
             check(&path)?;
             if path == "/" {
-                return Err(AgentError::new(ErrorCode::InvalidPath, "refusing to remove '/'"));
+                return Err(AgentError::new(
+                    ErrorCode::InvalidPath,
+                    "refusing to remove '/'",
+                ));
             }
             let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
             let r = if !meta.is_dir() {
@@ -160,7 +163,12 @@ pub async fn read<W: AsyncWrite + Unpin>(path: &str, wr: &mut W) -> Result<(), P
 /// Receives a file: data frames until the end frame, then answers `Ok` or an error. Parent
 /// directories are created. On failure the rest of the upload is still consumed, so the
 /// connection stays usable.
-pub async fn write<R, W>(path: &str, mode: Option<u32>, rd: &mut R, wr: &mut W) -> Result<(), ProtoError>
+pub async fn write<R, W>(
+    path: &str,
+    mode: Option<u32>,
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<(), ProtoError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -173,7 +181,10 @@ where
                 tokio::fs::create_dir_all(parent).await?;
             }
             let mut opts = tokio::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true).mode(mode.unwrap_or(0o644));
+            opts.write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode.unwrap_or(0o644));
             opts.open(path).await
         }
         .await;
@@ -193,7 +204,9 @@ where
             }
             Frame::End(Channel::Input) => break,
             other => {
-                return Err(ProtoError::Malformed(format!("unexpected frame in upload: {other:?}")))
+                return Err(ProtoError::Malformed(format!(
+                    "unexpected frame in upload: {other:?}"
+                )))
             }
         }
     }

@@ -14,14 +14,20 @@ use tokio::net::UnixStream;
 
 /// Entry point of `sandpit agent`. Returns the process exit code.
 pub fn main() -> i32 {
-    let fd: i32 = match std::env::var("SANDPIT_AGENT_FD").ok().and_then(|v| v.parse().ok()) {
+    let fd: i32 = match std::env::var("SANDPIT_AGENT_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         Some(fd) => fd,
         None => {
             eprintln!("sandpit agent: SANDPIT_AGENT_FD is not set; the agent is started by `sandpit jail`");
             return 2;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sandpit agent: runtime: {e}");
@@ -68,7 +74,11 @@ async fn serve(stream: UnixStream, reaper: reaper::Reaper) -> Result<(), ProtoEr
     loop {
         let req: Request = match read_frame(&mut rd).await {
             Ok(Frame::Json(body)) => serde_json_from(&body)?,
-            Ok(other) => return Err(ProtoError::Malformed(format!("expected a request, got {other:?}"))),
+            Ok(other) => {
+                return Err(ProtoError::Malformed(format!(
+                    "expected a request, got {other:?}"
+                )))
+            }
             Err(ProtoError::Closed) => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -85,7 +95,9 @@ async fn serve(stream: UnixStream, reaper: reaper::Reaper) -> Result<(), ProtoEr
             }
             Request::Exec(spec) => exec::run(spec, &reaper, &mut wr).await?,
             Request::ReadFile { path } => files::read(&path, &mut wr).await?,
-            Request::WriteFile { path, mode } => files::write(&path, mode, &mut rd, &mut wr).await?,
+            Request::WriteFile { path, mode } => {
+                files::write(&path, mode, &mut rd, &mut wr).await?
+            }
             other => {
                 let reply = files::handle(other).await;
                 write_json(&mut wr, &reply).await?

@@ -1,1 +1,79 @@
-//! stub
+//! sandpit-api: the HTTP face of the server. Route handlers are thin: parse, call the core,
+//! map the result. Cross-cutting concerns (auth, body limits, tracing, metrics of errors)
+//! are layers around them, not code repeated in each.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod error;
+mod extract;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sandpit_core::SandboxManager;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+/// Largest JSON body accepted (exec stdin travels in it).
+pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub manager: Arc<SandboxManager>,
+    /// Bearer token required on every route but `/health`; `None` disables auth.
+    pub token: Option<Arc<str>>,
+    pub metrics: PrometheusHandle,
+    /// Largest file upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let files = Router::new()
+        .route(
+            "/v1/sandboxes/{id}/files",
+            get(routes::files::read)
+                .put(routes::files::write)
+                .delete(routes::files::remove),
+        )
+        .layer(DefaultBodyLimit::disable());
+    let api = Router::new()
+        .route(
+            "/v1/sandboxes",
+            post(routes::sandboxes::create).get(routes::sandboxes::list),
+        )
+        .route(
+            "/v1/sandboxes/{id}",
+            get(routes::sandboxes::get)
+                .patch(routes::sandboxes::update)
+                .delete(routes::sandboxes::delete),
+        )
+        .route(
+            "/v1/sandboxes/{id}/keepalive",
+            post(routes::sandboxes::keepalive),
+        )
+        .route("/v1/sandboxes/{id}/exec", post(routes::exec::exec))
+        .route("/v1/sandboxes/{id}/files/list", get(routes::files::list))
+        .route("/v1/sandboxes/{id}/files/stat", get(routes::files::stat))
+        .route("/v1/sandboxes/{id}/files/mkdir", post(routes::files::mkdir))
+        .route("/v1/sandboxes/{id}/files/move", post(routes::files::rename))
+        .route("/metrics", get(routes::ops::metrics))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .merge(files)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/health", get(routes::ops::health))
+        .merge(api)
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

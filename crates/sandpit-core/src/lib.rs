@@ -1,1 +1,13 @@
-//! stub
+//! sandpit-core: the model every API (native and dialects) maps onto. It owns the sandbox
+//! lifecycle ([`SandboxManager`]), the store of record ([`store`]), and the server's side of
+//! the agent protocol ([`agent`]). It knows nothing of HTTP.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+mod error;
+mod manager;
+pub mod model;
+pub mod store;
+
+pub use error::CoreError;
+pub use manager::{CoreConfig, SandboxManager};

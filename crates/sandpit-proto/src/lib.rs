@@ -53,18 +53,33 @@ pub enum Request {
     Ping,
     Exec(ExecSpec),
     /// Answered by `Reply::FileInfo` then the file as data frames and an end frame.
-    ReadFile { path: String },
+    ReadFile {
+        path: String,
+    },
     /// Followed by the contents as data frames and an end frame; answered by `Reply::Ok`.
     WriteFile {
         path: String,
         #[serde(default)]
         mode: Option<u32>,
     },
-    ListDir { path: String },
-    Stat { path: String },
-    Mkdir { path: String, parents: bool },
-    Remove { path: String, recursive: bool },
-    Rename { from: String, to: String },
+    ListDir {
+        path: String,
+    },
+    Stat {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+        parents: bool,
+    },
+    Remove {
+        path: String,
+        recursive: bool,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
 }
 
 /// A command to run.
@@ -86,14 +101,23 @@ pub struct ExecSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Pong { version: u32, agent_version: String },
+    Pong {
+        version: u32,
+        agent_version: String,
+    },
     Ok,
     Error(AgentError),
     /// An exec started; output follows as data frames, then `Exited`.
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
     Exited(ExitStatus),
-    FileInfo { size: u64 },
-    Entries { entries: Vec<Entry> },
+    FileInfo {
+        size: u64,
+    },
+    Entries {
+        entries: Vec<Entry>,
+    },
     Entry(Entry),
 }
 
@@ -267,7 +291,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, ProtoE
             Ok(Frame::Data(ch, buf))
         }
         KIND_END if len == 2 => Ok(Frame::End(Channel::from_byte(buf[1])?)),
-        other => Err(ProtoError::Malformed(format!("frame kind {other}, length {len}"))),
+        other => Err(ProtoError::Malformed(format!(
+            "frame kind {other}, length {len}"
+        ))),
     }
 }
 
@@ -295,8 +321,12 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip() {
         let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        write_json(&mut a, &Request::Stat { path: "/x".into() }).await.unwrap();
-        write_data(&mut a, Channel::Stdout, b"\x00\xffhi").await.unwrap();
+        write_json(&mut a, &Request::Stat { path: "/x".into() })
+            .await
+            .unwrap();
+        write_data(&mut a, Channel::Stdout, b"\x00\xffhi")
+            .await
+            .unwrap();
         write_end(&mut a, Channel::Stderr).await.unwrap();
         drop(a);
         let req: Request = read_json(&mut b).await.unwrap();
@@ -305,7 +335,10 @@ mod tests {
             Frame::Data(Channel::Stdout, d) => assert_eq!(d, b"\x00\xffhi"),
             f => panic!("unexpected {f:?}"),
         }
-        assert!(matches!(read_frame(&mut b).await.unwrap(), Frame::End(Channel::Stderr)));
+        assert!(matches!(
+            read_frame(&mut b).await.unwrap(),
+            Frame::End(Channel::Stderr)
+        ));
         assert!(matches!(read_frame(&mut b).await, Err(ProtoError::Closed)));
     }
 
@@ -313,6 +346,9 @@ mod tests {
     async fn oversized_length_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        assert!(matches!(read_frame(&mut b).await, Err(ProtoError::Malformed(_))));
+        assert!(matches!(
+            read_frame(&mut b).await,
+            Err(ProtoError::Malformed(_))
+        ));
     }
 }

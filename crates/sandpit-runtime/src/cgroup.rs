@@ -64,7 +64,10 @@ impl CgroupSetup {
                     let controllers =
                         fs::read_to_string(Path::new(mount_point).join("cgroup.controllers"))
                             .unwrap_or_default();
-                    if controllers.split_whitespace().any(|c| c == "memory" || c == "pids") {
+                    if controllers
+                        .split_whitespace()
+                        .any(|c| c == "memory" || c == "pids")
+                    {
                         v2_mount = Some((root.to_string(), PathBuf::from(mount_point)));
                     }
                 }
@@ -100,7 +103,10 @@ impl CgroupSetup {
         }
         if let Some((root, mount)) = v2_mount {
             let own_path = own_path(&own, "");
-            let rel = own_path.strip_prefix(&root).unwrap_or(&own_path).to_string();
+            let rel = own_path
+                .strip_prefix(&root)
+                .unwrap_or(&own_path)
+                .to_string();
             // As root: a tree at the top of the hierarchy. Otherwise: beside our own cgroup,
             // which works where the service manager delegated the subtree to us.
             let parent = if nix::unistd::geteuid().is_root() {
@@ -124,13 +130,19 @@ impl CgroupSetup {
     pub fn warning(&self) -> Option<String> {
         match self {
             Self::Unavailable(why) => Some(format!("resource limits are not enforced: {why}")),
-            Self::V1 { cpu: None, .. } => Some("cpu limit is not enforced: no cpu hierarchy".into()),
+            Self::V1 { cpu: None, .. } => {
+                Some("cpu limit is not enforced: no cpu hierarchy".into())
+            }
             _ => None,
         }
     }
 
     /// Creates the sandbox's cgroup and applies `limits`; returns it and any warnings.
-    pub fn create(&self, id: &str, limits: &Limits) -> std::io::Result<(SandboxCgroup, Vec<String>)> {
+    pub fn create(
+        &self,
+        id: &str,
+        limits: &Limits,
+    ) -> std::io::Result<(SandboxCgroup, Vec<String>)> {
         let mut cg = SandboxCgroup::default();
         let mut warnings = Vec::new();
         match self {
@@ -217,7 +229,10 @@ pub fn destroy(cg: &SandboxCgroup) {
         }
         for _ in 0..100 {
             let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
             for pid in &pids {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }

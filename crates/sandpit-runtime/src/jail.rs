@@ -116,7 +116,9 @@ fn launch(cfg: &JailConfig) -> Fallible<Launched> {
     )?;
     let me = std::process::id().to_string();
     for procs in &cfg.cgroup_procs {
-        ctx(fs::write(procs, &me), || format!("joining cgroup {}", procs.display()))?;
+        ctx(fs::write(procs, &me), || {
+            format!("joining cgroup {}", procs.display())
+        })?;
     }
     // Leave the server's session so that signals to its terminal never reach the sandbox.
     let _ = nix::unistd::setsid();
@@ -238,23 +240,29 @@ fn child(
         // second mount namespace, owned by the sandbox's user namespace, locks them.
         ctx(unshare(CloneFlags::CLONE_NEWNS), || "unshare(mount)".into())?;
         host_mounts(cfg)?;
-        ctx(unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | rest), || {
-            "unshare(user, mount, pid, net, uts, ipc, cgroup)".into()
-        })?;
+        ctx(
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | rest),
+            || "unshare(user, mount, pid, net, uts, ipc, cgroup)".into(),
+        )?;
         request_maps(status)?;
     } else {
-        ctx(unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS), || {
-            "unshare(user, mount)".into()
-        })?;
+        ctx(
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS),
+            || "unshare(user, mount)".into(),
+        )?;
         request_maps(status)?;
         host_mounts(cfg)?;
-        ctx(unshare(rest), || "unshare(pid, net, uts, ipc, cgroup)".into())?;
+        ctx(unshare(rest), || {
+            "unshare(pid, net, uts, ipc, cgroup)".into()
+        })?;
     }
     // SAFETY: still single-threaded; see `launch`.
     match unsafe { fork() } {
         Err(e) => Err(format!("fork of init: {e}")),
         Ok(ForkResult::Parent { child }) => {
-            ctx(writeln!(status, "P {child}"), || "reporting init pid".into())?;
+            ctx(writeln!(status, "P {child}"), || {
+                "reporting init pid".into()
+            })?;
             Ok(())
         }
         Ok(ForkResult::Child) => {
@@ -288,11 +296,23 @@ fn become_root(privileged: bool) -> Fallible<()> {
 fn host_mounts(cfg: &JailConfig) -> Fallible<()> {
     let rootfs = cfg.rootfs();
     ctx(
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
         || "making / private".into(),
     )?;
     ctx(
-        mount(Some(&rootfs), &rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+        mount(
+            Some(&rootfs),
+            &rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
         || format!("binding {}", rootfs.display()),
     )?;
     ctx(chdir(&rootfs), || format!("chdir {}", rootfs.display()))?;
@@ -320,7 +340,13 @@ fn host_mounts(cfg: &JailConfig) -> Fallible<()> {
         let target = Path::new("dev").join(dev);
         ctx(fs::File::create(&target), || format!("creating /dev/{dev}"))?;
         ctx(
-            mount(Some(&Path::new("/dev").join(dev)), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+            mount(
+                Some(&Path::new("/dev").join(dev)),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
             || format!("binding /dev/{dev}"),
         )?;
     }
@@ -331,10 +357,14 @@ fn host_mounts(cfg: &JailConfig) -> Fallible<()> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        ctx(symlink(target, Path::new("dev").join(link)), || format!("/dev/{link}"))?;
+        ctx(symlink(target, Path::new("dev").join(link)), || {
+            format!("/dev/{link}")
+        })?;
     }
     for dir in ["pts", "shm"] {
-        ctx(fs::create_dir(Path::new("dev").join(dir)), || format!("/dev/{dir}"))?;
+        ctx(fs::create_dir(Path::new("dev").join(dir)), || {
+            format!("/dev/{dir}")
+        })?;
     }
     Ok(())
 }
@@ -346,10 +376,17 @@ fn relative(abs: &str) -> PathBuf {
 /// Binds `src` onto `dst` read-only, keeping the flags the kernel insists stay locked.
 fn bind_ro(src: &Path, dst: &Path) -> Fallible<()> {
     ctx(
-        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+        mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
         || format!("binding {}", src.display()),
     )?;
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+    let mut flags =
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
     if let Ok(st) = statvfs(dst) {
         let f = st.flags();
         for (fs_flag, ms_flag) in [
@@ -381,32 +418,53 @@ fn init(
         // pivot_root refuses a new root that is locked, as every mount made by host root is
         // here: stack an own bind of it on top and step onto that through the parent.
         ctx(
-            mount(Some("."), ".", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+            mount(
+                Some("."),
+                ".",
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
             || "re-binding the root".into(),
         )?;
         ctx(chdir("../rootfs"), || "entering the re-bound root".into())?;
     }
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    ctx(mount(Some("proc"), "proc", Some("proc"), nodev, None::<&str>), || {
-        "mounting /proc".into()
-    })?;
+    ctx(
+        mount(Some("proc"), "proc", Some("proc"), nodev, None::<&str>),
+        || "mounting /proc".into(),
+    )?;
     let pts_opts = if cfg.privileged {
         "newinstance,ptmxmode=0666,mode=0620,gid=5"
     } else {
         "newinstance,ptmxmode=0666,mode=0620"
     };
     ctx(
-        mount(Some("devpts"), "dev/pts", Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(pts_opts)),
+        mount(
+            Some("devpts"),
+            "dev/pts",
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some(pts_opts),
+        ),
         || "mounting /dev/pts".into(),
     )?;
     ctx(
-        mount(Some("shm"), "dev/shm", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=64m")),
+        mount(
+            Some("shm"),
+            "dev/shm",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777,size=64m"),
+        ),
         || "mounting /dev/shm".into(),
     )?;
     ctx(sethostname(&cfg.id), || "sethostname".into())?;
     loopback_up()?;
     ctx(pivot_root(".", "."), || "pivot_root".into())?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), || "detaching the host root".into())?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detaching the host root".into()
+    })?;
     ctx(chdir("/"), || "chdir /".into())?;
 
     let devnull = ctx(fs::File::open("/dev/null"), || "opening /dev/null".into())?;
@@ -421,7 +479,12 @@ fn init(
     }
     // SAFETY: marks every descriptor above the agent's socket close-on-exec; no memory involved.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            4u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
     }
     drop_capabilities()?;
     // SAFETY: prctl with integer arguments only.
@@ -467,7 +530,10 @@ fn drop_capabilities() -> Fallible<()> {
         }
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-            return Err(format!("dropping capability {cap}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "dropping capability {cap}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -491,11 +557,17 @@ fn loopback_up() -> Fallible<()> {
     // stack for the duration of the calls; the union field used is the flags one.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(format!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "SIOCGIFFLAGS lo: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(format!("SIOCSIFFLAGS lo: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "SIOCSIFFLAGS lo: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -504,29 +576,43 @@ fn loopback_up() -> Fallible<()> {
 fn bind_socket(cfg: &JailConfig) -> Fallible<UnixListener> {
     let path = cfg.socket();
     let _ = fs::remove_file(&path);
-    let short = ctx(crate::sockpath::shorten(&path), || format!("socket path {}", path.display()))?;
-    let listener = ctx(UnixListener::bind(&short.path), || format!("binding {}", path.display()))?;
-    ctx(fs::set_permissions(&path, fs::Permissions::from_mode(0o600)), || {
-        format!("chmod {}", path.display())
+    let short = ctx(crate::sockpath::shorten(&path), || {
+        format!("socket path {}", path.display())
     })?;
+    let listener = ctx(UnixListener::bind(&short.path), || {
+        format!("binding {}", path.display())
+    })?;
+    ctx(
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)),
+        || format!("chmod {}", path.display()),
+    )?;
     Ok(listener)
 }
 
 /// Creates the sandbox's root directory skeleton (idempotent: a restart reuses it).
 fn prepare_rootfs(cfg: &JailConfig) -> Fallible<()> {
     let root = cfg.rootfs();
-    let owner = cfg.privileged.then(|| (Uid::from_raw(cfg.host_uid), Gid::from_raw(cfg.host_gid)));
+    let owner = cfg
+        .privileged
+        .then(|| (Uid::from_raw(cfg.host_uid), Gid::from_raw(cfg.host_gid)));
     let mkdir = |rel: &str, mode: u32, owned: bool| -> Fallible<()> {
-        let p = if rel.is_empty() { root.clone() } else { root.join(rel) };
+        let p = if rel.is_empty() {
+            root.clone()
+        } else {
+            root.join(rel)
+        };
         if p.symlink_metadata().is_ok() {
             return Ok(());
         }
         ctx(fs::create_dir(&p), || format!("mkdir {}", p.display()))?;
-        ctx(fs::set_permissions(&p, fs::Permissions::from_mode(mode)), || {
-            format!("chmod {}", p.display())
-        })?;
+        ctx(
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)),
+            || format!("chmod {}", p.display()),
+        )?;
         if let (true, Some((u, g))) = (owned, owner) {
-            ctx(chown(&p, Some(u), Some(g)), || format!("chown {}", p.display()))?;
+            ctx(chown(&p, Some(u), Some(g)), || {
+                format!("chown {}", p.display())
+            })?;
         }
         Ok(())
     };
@@ -541,7 +627,9 @@ fn prepare_rootfs(cfg: &JailConfig) -> Fallible<()> {
                 let target = ctx(fs::read_link(dir), || format!("readlink {dir}"))?;
                 let link = root.join(rel);
                 if link.symlink_metadata().is_err() {
-                    ctx(symlink(&target, &link), || format!("symlink {}", link.display()))?;
+                    ctx(symlink(&target, &link), || {
+                        format!("symlink {}", link.display())
+                    })?;
                 }
             }
             Ok(m) if m.is_dir() => mkdir(rel, 0o755, false)?,
@@ -565,7 +653,9 @@ fn prepare_rootfs(cfg: &JailConfig) -> Fallible<()> {
     }
     let agent = root.join(".sandpit/sandpit");
     if agent.symlink_metadata().is_err() {
-        ctx(fs::File::create(&agent), || format!("creating {}", agent.display()))?;
+        ctx(fs::File::create(&agent), || {
+            format!("creating {}", agent.display())
+        })?;
     }
     Ok(())
 }

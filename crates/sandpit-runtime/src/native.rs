@@ -74,7 +74,9 @@ impl NativeRuntime {
 
 /// A short, stable name for this data dir, so two servers on one host keep their cgroups apart.
 fn instance_name(data_dir: &Path) -> String {
-    let canonical = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    let canonical = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
     // FNV-1a: stable across builds, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in canonical.as_os_str().as_encoded_bytes() {
@@ -101,7 +103,11 @@ impl Runtime for NativeRuntime {
             let base = self.opts.uid_base + spec.slot * IDS_PER_SANDBOX;
             (base, base, IDS_PER_SANDBOX)
         } else {
-            (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw(), 1)
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+                1,
+            )
         };
         let cfg = JailConfig {
             id: id.clone(),
@@ -138,7 +144,13 @@ impl Runtime for NativeRuntime {
             return Err(Self::err(&id, format!("start failed: {stderr}")));
         }
         let launched: Launched = serde_json::from_slice(&out.stdout).map_err(|e| {
-            Self::err(&id, format!("the jail answered '{}': {e}", String::from_utf8_lossy(&out.stdout)))
+            Self::err(
+                &id,
+                format!(
+                    "the jail answered '{}': {e}",
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+            )
         })?;
         Ok((launched, warnings))
     }
@@ -207,8 +219,14 @@ mod tests {
     #[test]
     fn instance_name_is_stable_and_distinct() {
         let a = super::instance_name(std::path::Path::new("/nonexistent/a"));
-        assert_eq!(a, super::instance_name(std::path::Path::new("/nonexistent/a")));
-        assert_ne!(a, super::instance_name(std::path::Path::new("/nonexistent/b")));
+        assert_eq!(
+            a,
+            super::instance_name(std::path::Path::new("/nonexistent/a"))
+        );
+        assert_ne!(
+            a,
+            super::instance_name(std::path::Path::new("/nonexistent/b"))
+        );
         assert_eq!(a.len(), 8);
     }
 }

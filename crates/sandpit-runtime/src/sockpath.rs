@@ -26,8 +26,12 @@ pub fn shorten(path: &Path) -> std::io::Result<ShortPath> {
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("socket path has no file name"))?;
-    let fd = open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(std::io::Error::from)?;
+    let fd = open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)?;
     let short = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
     Ok(ShortPath {
         path: short,

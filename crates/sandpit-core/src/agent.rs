@@ -1,0 +1,283 @@
+//! The server's side of the agent protocol: a small pool of Unix socket connections per
+//! sandbox, and typed calls for exec and files.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sandpit_proto::{
+    read_frame, read_json, write_data, write_end, write_json, Channel, ExecSpec, Frame, ProtoError,
+    Reply, Request, PROTOCOL_VERSION,
+};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::model::ExecEvent;
+use crate::CoreError;
+
+/// Idle connections kept per sandbox.
+const POOL_SIZE: usize = 4;
+
+pub struct AgentClient {
+    id: String,
+    socket: PathBuf,
+    idle: Pool,
+}
+
+/// Idle connections to one agent, shared with the tasks that stream exec output.
+type Pool = Arc<Mutex<Vec<UnixStream>>>;
+
+fn give_back(pool: &Pool, conn: UnixStream) {
+    let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < POOL_SIZE {
+        idle.push(conn);
+    }
+}
+
+/// A stream of file bytes coming out of a sandbox.
+pub type ByteStream = mpsc::Receiver<Result<Bytes, CoreError>>;
+
+impl AgentClient {
+    pub fn new(id: &str, socket: PathBuf) -> Self {
+        Self {
+            id: id.to_string(),
+            socket,
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn broken(&self, e: impl std::fmt::Display) -> CoreError {
+        CoreError::unavailable(&self.id, format!("agent connection failed: {e}"))
+    }
+
+    async fn connect(&self) -> Result<UnixStream, CoreError> {
+        let short = sandpit_runtime::sockpath::shorten(&self.socket).map_err(|e| self.broken(e))?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(&short.path))
+            .await
+            .map_err(|_| self.broken("connect timed out"))?
+            .map_err(|e| self.broken(e))?;
+        Ok(conn)
+    }
+
+    fn pooled(&self) -> Option<UnixStream> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn give_back(&self, conn: UnixStream) {
+        give_back(&self.idle, conn);
+    }
+
+    /// Forgets pooled connections (after the agent was restarted).
+    pub fn reset(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Sends a request on a pooled connection, or on a fresh one if the pooled one is dead.
+    async fn send(&self, req: &Request) -> Result<UnixStream, CoreError> {
+        if let Some(mut conn) = self.pooled() {
+            if write_json(&mut conn, req).await.is_ok() {
+                return Ok(conn);
+            }
+        }
+        let mut conn = self.connect().await?;
+        write_json(&mut conn, req)
+            .await
+            .map_err(|e| self.broken(e))?;
+        Ok(conn)
+    }
+
+    /// A request with a single reply. A stale pooled connection is retried once, fresh.
+    pub async fn call(&self, req: &Request) -> Result<Reply, CoreError> {
+        let mut conn = self.send(req).await?;
+        let reply = match read_json::<_, Reply>(&mut conn).await {
+            Ok(r) => r,
+            Err(_) => {
+                let mut fresh = self.connect().await?;
+                write_json(&mut fresh, req)
+                    .await
+                    .map_err(|e| self.broken(e))?;
+                conn = fresh;
+                read_json(&mut conn).await.map_err(|e| self.broken(e))?
+            }
+        };
+        self.give_back(conn);
+        match reply {
+            Reply::Error(e) => Err(CoreError::Agent(e)),
+            other => Ok(other),
+        }
+    }
+
+    /// Checks that the agent answers and speaks our protocol.
+    pub async fn ping(&self) -> Result<(), CoreError> {
+        let mut conn = self.connect().await?;
+        write_json(&mut conn, &Request::Ping)
+            .await
+            .map_err(|e| self.broken(e))?;
+        match read_json::<_, Reply>(&mut conn)
+            .await
+            .map_err(|e| self.broken(e))?
+        {
+            Reply::Pong { version, .. } if version == PROTOCOL_VERSION => {
+                self.give_back(conn);
+                Ok(())
+            }
+            other => Err(self.broken(format!("unexpected answer to ping: {other:?}"))),
+        }
+    }
+
+    /// Starts a command; events arrive on the returned channel, the last one `Exited`.
+    pub async fn exec(
+        &self,
+        spec: ExecSpec,
+    ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
+        let mut conn = self.send(&Request::Exec(spec.clone())).await?;
+        // The first frame tells whether the command started; a dead pooled connection shows
+        // here, before anything ran, so it is safe to retry on a fresh one.
+        let first = match read_frame(&mut conn).await {
+            Ok(f) => f,
+            Err(_) => {
+                conn = self.connect().await?;
+                write_json(&mut conn, &Request::Exec(spec))
+                    .await
+                    .map_err(|e| self.broken(e))?;
+                read_frame(&mut conn).await.map_err(|e| self.broken(e))?
+            }
+        };
+        let first = match first {
+            Frame::Json(body) => {
+                match sandpit_proto::decode::<Reply>(&body).map_err(|e| self.broken(e))? {
+                    Reply::Error(e) => return Err(CoreError::Agent(e)),
+                    Reply::Started { pid } => ExecEvent::Started { pid },
+                    other => return Err(self.broken(format!("unexpected reply {other:?}"))),
+                }
+            }
+            other => return Err(self.broken(format!("unexpected frame {other:?}"))),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let id = self.id.clone();
+        let _ = tx.send(Ok(first)).await;
+        let pool = self.idle.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = match read_frame(&mut conn).await {
+                    Ok(Frame::Data(Channel::Stdout, d)) => ExecEvent::Stdout(Bytes::from(d)),
+                    Ok(Frame::Data(Channel::Stderr, d)) => ExecEvent::Stderr(Bytes::from(d)),
+                    Ok(Frame::Json(body)) => match sandpit_proto::decode::<Reply>(&body) {
+                        Ok(Reply::Exited(status)) => {
+                            let _ = tx.send(Ok(ExecEvent::Exited(status))).await;
+                            give_back(&pool, conn);
+                            return;
+                        }
+                        other => {
+                            let _ = tx.send(Err(unexpected(&id, other))).await;
+                            return;
+                        }
+                    },
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(CoreError::unavailable(
+                                &id,
+                                format!("lost the agent during exec: {e}"),
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                // A client that went away does not stop the command: keep reading to its end.
+                let _ = tx.send(Ok(event)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Opens a file for reading: its size and a stream of its bytes.
+    pub async fn read_file(&self, path: &str) -> Result<(u64, ByteStream), CoreError> {
+        let req = Request::ReadFile {
+            path: path.to_string(),
+        };
+        let mut conn = self.send(&req).await?;
+        let reply = match read_json::<_, Reply>(&mut conn).await {
+            Ok(r) => r,
+            Err(_) => {
+                conn = self.connect().await?;
+                write_json(&mut conn, &req)
+                    .await
+                    .map_err(|e| self.broken(e))?;
+                read_json(&mut conn).await.map_err(|e| self.broken(e))?
+            }
+        };
+        let size = match reply {
+            Reply::FileInfo { size } => size,
+            Reply::Error(e) => {
+                self.give_back(conn);
+                return Err(CoreError::Agent(e));
+            }
+            other => return Err(unexpected(&self.id, Ok(other))),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let id = self.id.clone();
+        let pool = self.idle.clone();
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut conn).await {
+                    Ok(Frame::Data(_, d)) => {
+                        if tx.send(Ok(Bytes::from(d))).await.is_err() {
+                            return; // the client went away; drop the connection mid-file
+                        }
+                    }
+                    Ok(Frame::End(_)) => {
+                        give_back(&pool, conn);
+                        return;
+                    }
+                    Ok(Frame::Json(_)) | Err(_) => {
+                        let _ = tx
+                            .send(Err(CoreError::unavailable(&id, "file read interrupted")))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok((size, rx))
+    }
+
+    /// Writes a file from a stream of bytes (parents are created by the agent).
+    pub async fn write_file<S, E>(&self, path: &str, mut body: S) -> Result<(), CoreError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<CoreError>,
+    {
+        let req = Request::WriteFile {
+            path: path.to_string(),
+            mode: None,
+        };
+        let mut conn = self.send(&req).await?;
+        while let Some(chunk) = body.next().await {
+            // On a failed upload the connection is abandoned: the agent sees it close and
+            // discards the partial write's connection; the file keeps what arrived.
+            let chunk = chunk.map_err(Into::into)?;
+            for part in chunk.chunks(sandpit_proto::CHUNK) {
+                write_data(&mut conn, Channel::Input, part)
+                    .await
+                    .map_err(|e| self.broken(e))?;
+            }
+        }
+        write_end(&mut conn, Channel::Input)
+            .await
+            .map_err(|e| self.broken(e))?;
+        let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
+        self.give_back(conn);
+        match reply {
+            Reply::Ok => Ok(()),
+            Reply::Error(e) => Err(CoreError::Agent(e)),
+            other => Err(unexpected(&self.id, Ok(other))),
+        }
+    }
+}
+
+fn unexpected(id: &str, reply: Result<Reply, ProtoError>) -> CoreError {
+    CoreError::unavailable(id, format!("unexpected agent reply: {reply:?}"))
+}

@@ -1,0 +1,59 @@
+//! The one error type of the core; every API layer maps it onto its own error shape.
+
+use sandpit_proto::{AgentError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("sandbox '{0}' does not exist")]
+    NotFound(String),
+    #[error("sandbox '{0}' already exists")]
+    AlreadyExists(String),
+    #[error("invalid sandbox id '{0}': use 1-63 characters of A-Z, a-z, 0-9, '_' and '-'")]
+    InvalidId(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// A file or exec failure the agent reported (not found, is a directory, ...).
+    #[error("{0}")]
+    Agent(#[from] AgentError),
+    /// The sandbox could not be started or reached.
+    #[error("sandbox '{id}' is unavailable: {message}")]
+    Unavailable { id: String, message: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CoreError {
+    /// The stable snake_case code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::InvalidId(_) => "invalid_id",
+            Self::BadRequest(_) => "bad_request",
+            Self::TooLarge(_) => "payload_too_large",
+            Self::Agent(e) => match e.code {
+                ErrorCode::NotFound => "not_found",
+                ErrorCode::AlreadyExists => "already_exists",
+                ErrorCode::IsADirectory => "is_a_directory",
+                ErrorCode::NotADirectory => "not_a_directory",
+                ErrorCode::NotEmpty => "not_empty",
+                ErrorCode::PermissionDenied => "permission_denied",
+                ErrorCode::InvalidPath => "invalid_path",
+                ErrorCode::NoSpace => "no_space",
+                ErrorCode::BadRequest => "bad_request",
+                ErrorCode::Internal => "internal",
+            },
+            Self::Unavailable { .. } => "sandbox_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub(crate) fn unavailable(id: &str, message: impl std::fmt::Display) -> Self {
+        Self::Unavailable {
+            id: id.to_string(),
+            message: message.to_string(),
+        }
+    }
+}

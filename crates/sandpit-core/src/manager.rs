@@ -1,0 +1,654 @@
+//! The sandbox lifecycle: create, find, keep alive, expire, delete; re-attach after a server
+//! restart; and the calls that run inside a sandbox (exec, files), which all count as activity.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use rand::Rng;
+use sandpit_proto::{ExecSpec, Reply, Request};
+use sandpit_runtime::{LaunchSpec, Limits, Runtime};
+use tokio::sync::mpsc;
+
+use crate::agent::{AgentClient, ByteStream};
+use crate::model::{
+    now_ms, CreateSandbox, Entry, ExecEvent, ExecRequest, ExecResult, Record, Sandbox, Status,
+    UpdateSandbox,
+};
+use crate::store::Store;
+use crate::CoreError;
+
+/// Settings of the core, read once by the binary from flags, env and the config file.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub data_dir: PathBuf,
+    pub default_keepalive_seconds: u64,
+    pub default_limits: Limits,
+    pub default_timeout_ms: u64,
+    /// Cap on each of stdout and stderr of a buffered exec.
+    pub max_output_bytes: usize,
+    /// How often expiry is checked and activity is flushed to the store.
+    pub reap_interval: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".sandpit"),
+            default_keepalive_seconds: 600,
+            default_limits: Limits {
+                memory_mb: Some(2048),
+                cpus: Some(2.0),
+                pids: Some(1024),
+            },
+            default_timeout_ms: 120_000,
+            max_output_bytes: 10 * 1024 * 1024,
+            reap_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One sandbox the server knows.
+struct Handle {
+    record: Mutex<Record>,
+    agent: AgentClient,
+    /// Held while the sandbox starts or restarts; calls wait on it.
+    life: tokio::sync::Mutex<()>,
+    /// Activity not yet written to the store.
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl Handle {
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct SandboxManager {
+    runtime: Arc<dyn Runtime>,
+    store: Arc<dyn Store>,
+    cfg: CoreConfig,
+    sandboxes: RwLock<HashMap<String, Arc<Handle>>>,
+    shell: &'static str,
+}
+
+/// Checks a client-chosen sandbox id.
+pub fn valid_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn generate_id() -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let tail: String = (0..12)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect();
+    format!("sb-{tail}")
+}
+
+impl SandboxManager {
+    pub fn new(runtime: Arc<dyn Runtime>, store: Arc<dyn Store>, cfg: CoreConfig) -> Arc<Self> {
+        let shell = if std::path::Path::new("/bin/bash").exists() {
+            "/bin/bash"
+        } else {
+            "/bin/sh"
+        };
+        Arc::new(Self {
+            runtime,
+            store,
+            cfg,
+            sandboxes: RwLock::new(HashMap::new()),
+            shell,
+        })
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Handle>>> {
+        self.sandboxes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Handle>>> {
+        self.sandboxes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, id: &str) -> Result<Arc<Handle>, CoreError> {
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CoreError::NotFound(id.to_string()))
+    }
+
+    fn new_handle(&self, record: Record) -> Arc<Handle> {
+        let socket = self.runtime.agent_socket(&record.id);
+        Arc::new(Handle {
+            agent: AgentClient::new(&record.id, socket),
+            record: Mutex::new(record),
+            life: tokio::sync::Mutex::new(()),
+            dirty: false.into(),
+        })
+    }
+
+    /// Loads the store and re-attaches every sandbox; one whose agent is gone (the host
+    /// rebooted, or it was killed) is started again on its kept files.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), CoreError> {
+        let records = self.store.all()?;
+        tracing::info!(count = records.len(), "re-attaching sandboxes");
+        for rec in records {
+            let handle = self.new_handle(rec);
+            let id = handle.record().id.clone();
+            self.map_mut().insert(id.clone(), handle.clone());
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.ensure_running(&handle).await {
+                    tracing::warn!(sandbox = %id, error = %e, "could not bring sandbox back");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes sure the sandbox's agent answers, restarting it on its files if it is gone.
+    async fn ensure_running(&self, h: &Handle) -> Result<(), CoreError> {
+        let _life = h.life.lock().await;
+        let (launched, status) = {
+            let r = h.record();
+            (r.launched, r.status)
+        };
+        if status == Status::Running {
+            if let Some(l) = launched {
+                if self.runtime.is_alive(&l) && h.agent.ping().await.is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        self.start(h).await
+    }
+
+    /// Starts (or restarts) the sandbox's agent. Caller holds `life`.
+    async fn start(&self, h: &Handle) -> Result<(), CoreError> {
+        let spec = {
+            let mut r = h.record();
+            r.status = Status::Starting;
+            LaunchSpec {
+                id: r.id.clone(),
+                limits: r.limits,
+                slot: r.slot,
+            }
+        };
+        let old = h.record().launched;
+        if old.is_some() {
+            // Leftovers of a previous life (a half-dead init, a stale cgroup) go first.
+            let _ = self.runtime.stop(&spec.id, old).await;
+        }
+        h.agent.reset();
+        match self.runtime.start(&spec).await {
+            Ok((launched, warnings)) => {
+                let rec = {
+                    let mut r = h.record();
+                    r.status = Status::Running;
+                    r.launched = Some(launched);
+                    r.warnings = warnings;
+                    r.clone()
+                };
+                self.store.put(&rec)?;
+                h.agent.ping().await
+            }
+            Err(e) => {
+                let rec = {
+                    let mut r = h.record();
+                    r.status = Status::Stopped;
+                    r.launched = None;
+                    r.clone()
+                };
+                let _ = self.store.put(&rec);
+                Err(CoreError::unavailable(&spec.id, e))
+            }
+        }
+    }
+
+    pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox, CoreError> {
+        let id = match req.id {
+            Some(id) if valid_id(&id) => id,
+            Some(id) => return Err(CoreError::InvalidId(id)),
+            None => generate_id(),
+        };
+        let limits = self.limits(&req.limits)?;
+        for key in req.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(CoreError::BadRequest(format!(
+                    "invalid environment variable name '{key}'"
+                )));
+            }
+        }
+        let now = now_ms();
+        let handle = {
+            let mut map = self.map_mut();
+            if map.contains_key(&id) {
+                return Err(CoreError::AlreadyExists(id));
+            }
+            let used: HashSet<u32> = map.values().map(|h| h.record().slot).collect();
+            let slot = (0..).find(|s| !used.contains(s)).unwrap_or(0);
+            let handle = self.new_handle(Record {
+                id: id.clone(),
+                status: Status::Starting,
+                created_at: now,
+                last_active_at: now,
+                keepalive_seconds: req
+                    .keepalive_seconds
+                    .unwrap_or(self.cfg.default_keepalive_seconds),
+                limits,
+                env: req.env,
+                slot,
+                launched: None,
+                warnings: vec![],
+            });
+            map.insert(id.clone(), handle.clone());
+            handle
+        };
+        let life = handle.life.lock().await;
+        let result = async {
+            self.store.put(&handle.record().clone())?;
+            self.start(&handle).await
+        }
+        .await;
+        drop(life);
+        if let Err(e) = result {
+            tracing::warn!(sandbox = %id, error = %e, "create failed");
+            self.map_mut().remove(&id);
+            let launched = handle.record().launched;
+            let _ = self.runtime.destroy(&id, launched).await;
+            let _ = self.store.delete(&id);
+            return Err(e);
+        }
+        metrics::counter!("sandpit_sandboxes_created_total").increment(1);
+        tracing::info!(sandbox = %id, "created");
+        let view = handle.record().view();
+        Ok(view)
+    }
+
+    fn limits(&self, req: &crate::model::LimitsRequest) -> Result<Limits, CoreError> {
+        let d = self.cfg.default_limits;
+        let limits = Limits {
+            memory_mb: req.memory_mb.or(d.memory_mb),
+            cpus: req.cpus.or(d.cpus),
+            pids: req.pids.or(d.pids),
+        };
+        if let Some(m) = limits.memory_mb {
+            if !(16..=1 << 24).contains(&m) {
+                return Err(CoreError::BadRequest(format!(
+                    "limits.memory_mb must be between 16 and {}",
+                    1u64 << 24
+                )));
+            }
+        }
+        if let Some(c) = limits.cpus {
+            if !(c.is_finite() && c > 0.0 && c <= 1024.0) {
+                return Err(CoreError::BadRequest(
+                    "limits.cpus must be above 0 and at most 1024".into(),
+                ));
+            }
+        }
+        if let Some(p) = limits.pids {
+            if !(8..=1 << 22).contains(&p) {
+                return Err(CoreError::BadRequest(format!(
+                    "limits.pids must be between 8 and {}",
+                    1u64 << 22
+                )));
+            }
+        }
+        Ok(limits)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Sandbox, CoreError> {
+        Ok(self.handle(id)?.record().view())
+    }
+
+    pub fn list(&self) -> Vec<Sandbox> {
+        let mut all: Vec<Sandbox> = self.map().values().map(|h| h.record().view()).collect();
+        all.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        all
+    }
+
+    /// Counts sandboxes by status, for metrics.
+    pub fn count_by_status(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for s in [
+            Status::Starting,
+            Status::Running,
+            Status::Sleeping,
+            Status::Stopped,
+        ] {
+            counts.insert(s.as_str(), 0);
+        }
+        for h in self.map().values() {
+            *counts.entry(h.record().status.as_str()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub fn update(&self, id: &str, req: UpdateSandbox) -> Result<Sandbox, CoreError> {
+        let h = self.handle(id)?;
+        let rec = {
+            let mut r = h.record();
+            if let Some(k) = req.keepalive_seconds {
+                r.keepalive_seconds = k;
+            }
+            r.last_active_at = now_ms();
+            r.clone()
+        };
+        self.store.put(&rec)?;
+        Ok(rec.view())
+    }
+
+    /// Marks activity on the sandbox: its expiry moves out.
+    pub fn touch(&self, id: &str) -> Result<Sandbox, CoreError> {
+        let h = self.handle(id)?;
+        Self::mark_active(&h);
+        let view = h.record().view();
+        Ok(view)
+    }
+
+    fn mark_active(h: &Handle) {
+        h.record().last_active_at = now_ms();
+        h.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), CoreError> {
+        let h = self
+            .map_mut()
+            .remove(id)
+            .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
+        let _life = h.life.lock().await;
+        let launched = h.record().launched;
+        let result = self.runtime.destroy(id, launched).await;
+        self.store.delete(id)?;
+        metrics::counter!("sandpit_sandboxes_deleted_total").increment(1);
+        tracing::info!(sandbox = %id, "deleted");
+        result.map_err(|e| CoreError::Internal(e.to_string()))
+    }
+
+    /// Ends every sandbox idle past its keepalive and writes pending activity to the store.
+    pub async fn reap_once(&self) {
+        let now = now_ms();
+        let handles: Vec<Arc<Handle>> = self.map().values().cloned().collect();
+        for h in handles {
+            let (id, expired, rec) = {
+                let r = h.record();
+                (
+                    r.id.clone(),
+                    r.expires_at().is_some_and(|t| t <= now),
+                    r.clone(),
+                )
+            };
+            if expired && h.life.try_lock().is_ok() {
+                tracing::info!(sandbox = %id, "keepalive expired");
+                metrics::counter!("sandpit_sandboxes_expired_total").increment(1);
+                if let Err(e) = self.delete(&id).await {
+                    tracing::warn!(sandbox = %id, error = %e, "expiry failed");
+                }
+            } else if h.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = self.store.put(&rec) {
+                    tracing::warn!(sandbox = %id, error = %e, "store write failed");
+                }
+            }
+        }
+    }
+
+    /// Runs [`Self::reap_once`] forever.
+    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.cfg.reap_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.reap_once().await;
+            }
+        })
+    }
+
+    /// Writes all pending activity to the store (on shutdown).
+    pub fn flush(&self) {
+        for h in self.map().values() {
+            if h.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                let _ = self.store.put(&h.record().clone());
+            }
+        }
+    }
+
+    /// The handle of a sandbox ready for calls: activity is recorded and a sandbox whose agent
+    /// is gone is brought back first.
+    async fn ready(&self, id: &str) -> Result<Arc<Handle>, CoreError> {
+        let h = self.handle(id)?;
+        Self::mark_active(&h);
+        let healthy = {
+            let _life = h.life.lock().await;
+            let r = h.record();
+            r.status == Status::Running && r.launched.is_some_and(|l| self.runtime.is_alive(&l))
+        };
+        if !healthy {
+            self.ensure_running(&h).await?;
+        }
+        Ok(h)
+    }
+
+    fn exec_spec(&self, h: &Handle, req: ExecRequest) -> Result<ExecSpec, CoreError> {
+        if req.session.is_some() {
+            return Err(CoreError::BadRequest(
+                "sessions are not supported yet".into(),
+            ));
+        }
+        let argv = match (req.command, req.argv) {
+            (Some(cmd), None) => {
+                if cmd.trim().is_empty() {
+                    return Err(CoreError::BadRequest("command is empty".into()));
+                }
+                vec![self.shell.to_string(), "-c".to_string(), cmd]
+            }
+            (None, Some(argv)) if !argv.is_empty() => argv,
+            (None, Some(_)) => return Err(CoreError::BadRequest("argv is empty".into())),
+            (Some(_), Some(_)) => {
+                return Err(CoreError::BadRequest(
+                    "give either command or argv, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(CoreError::BadRequest("command or argv is required".into()))
+            }
+        };
+        if argv.iter().any(|a| a.contains('\0')) {
+            return Err(CoreError::BadRequest("argv contains a NUL byte".into()));
+        }
+        let cwd = req.cwd.unwrap_or_else(|| "/workspace".to_string());
+        if !cwd.starts_with('/') {
+            return Err(CoreError::Agent(sandpit_proto::AgentError::new(
+                sandpit_proto::ErrorCode::InvalidPath,
+                format!("cwd '{cwd}' must be an absolute path"),
+            )));
+        }
+        let r = h.record();
+        let mut env: BTreeMap<String, String> = [
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
+            ("HOME", "/root"),
+            ("USER", "root"),
+            ("LANG", "C.UTF-8"),
+            ("TERM", "xterm-256color"),
+            ("SHELL", self.shell),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.insert("HOSTNAME".into(), r.id.clone());
+        env.extend(r.env.clone());
+        for (k, v) in req.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(CoreError::BadRequest(format!(
+                    "invalid environment variable '{k}'"
+                )));
+            }
+            env.insert(k, v);
+        }
+        Ok(ExecSpec {
+            argv,
+            env,
+            cwd,
+            stdin: req.stdin.map(String::into_bytes),
+            timeout_ms: Some(req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms)),
+        })
+    }
+
+    /// Starts a command and streams its events.
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        req: ExecRequest,
+    ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
+        let h = self.handle(id)?;
+        let spec = self.exec_spec(&h, req)?;
+        let h = self.ready(id).await?;
+        metrics::counter!("sandpit_exec_total").increment(1);
+        h.agent.exec(spec).await
+    }
+
+    /// Runs a command to its end and collects its output.
+    pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, CoreError> {
+        let started = std::time::Instant::now();
+        let mut rx = self.exec_stream(id, req).await?;
+        let cap = self.cfg.max_output_bytes;
+        let (mut out, mut err, mut truncated) = (Vec::new(), Vec::new(), false);
+        let mut append = |buf: &mut Vec<u8>, data: &Bytes| {
+            let room = cap.saturating_sub(buf.len());
+            if data.len() > room {
+                truncated = true;
+            }
+            buf.extend_from_slice(&data[..data.len().min(room)]);
+        };
+        while let Some(event) = rx.recv().await {
+            match event? {
+                ExecEvent::Started { .. } => {}
+                ExecEvent::Stdout(d) => append(&mut out, &d),
+                ExecEvent::Stderr(d) => append(&mut err, &d),
+                ExecEvent::Exited(status) => {
+                    metrics::histogram!("sandpit_exec_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(ExecResult {
+                        stdout: String::from_utf8_lossy(&out).into_owned(),
+                        stderr: String::from_utf8_lossy(&err).into_owned(),
+                        exit_code: status.exit_code,
+                        duration_ms: status.duration_ms,
+                        timed_out: status.timed_out,
+                        truncated,
+                    });
+                }
+            }
+        }
+        Err(CoreError::unavailable(
+            id,
+            "the agent stopped answering during exec",
+        ))
+    }
+
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<(u64, ByteStream), CoreError> {
+        self.ready(id).await?.agent.read_file(path).await
+    }
+
+    pub async fn write_file<S, E>(&self, id: &str, path: &str, body: S) -> Result<(), CoreError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<CoreError>,
+    {
+        self.ready(id).await?.agent.write_file(path, body).await
+    }
+
+    async fn call(&self, id: &str, req: Request) -> Result<Reply, CoreError> {
+        self.ready(id).await?.agent.call(&req).await
+    }
+
+    pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<Entry>, CoreError> {
+        match self
+            .call(id, Request::ListDir { path: path.into() })
+            .await?
+        {
+            Reply::Entries { entries } => Ok(entries),
+            other => Err(CoreError::Internal(format!(
+                "unexpected agent reply {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn stat(&self, id: &str, path: &str) -> Result<Entry, CoreError> {
+        match self.call(id, Request::Stat { path: path.into() }).await? {
+            Reply::Entry(e) => Ok(e),
+            other => Err(CoreError::Internal(format!(
+                "unexpected agent reply {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<(), CoreError> {
+        self.call(
+            id,
+            Request::Mkdir {
+                path: path.into(),
+                parents,
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), CoreError> {
+        self.call(
+            id,
+            Request::Remove {
+                path: path.into(),
+                recursive,
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn rename(&self, id: &str, from: &str, to: &str) -> Result<(), CoreError> {
+        self.call(
+            id,
+            Request::Rename {
+                from: from.into(),
+                to: to.into(),
+            },
+        )
+        .await
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids() {
+        for ok in ["a", "demo", "A-b_9", &"x".repeat(63)] {
+            assert!(super::valid_id(ok), "{ok}");
+        }
+        for bad in ["", "a b", "../x", "é", &"x".repeat(64), "a/b", "a.b"] {
+            assert!(!super::valid_id(bad), "{bad}");
+        }
+        let g = super::generate_id();
+        assert!(super::valid_id(&g) && g.starts_with("sb-") && g.len() == 15);
+    }
+}

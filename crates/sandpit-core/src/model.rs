@@ -1,0 +1,194 @@
+//! The sandbox model and the requests the core accepts, shared by every API layer.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+pub use sandpit_proto::{Entry, EntryKind, ExitStatus};
+pub use sandpit_runtime::{Launched, Limits};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Starting,
+    Running,
+    Sleeping,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Sleeping => "sleeping",
+            Self::Stopped => "stopped",
+        }
+    }
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "starting" => Self::Starting,
+            "running" => Self::Running,
+            "sleeping" => Self::Sleeping,
+            _ => Self::Stopped,
+        }
+    }
+}
+
+/// Everything the store keeps about a sandbox.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: String,
+    pub status: Status,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    pub last_active_at: i64,
+    /// 0 means the sandbox never expires.
+    pub keepalive_seconds: u64,
+    pub limits: Limits,
+    pub env: BTreeMap<String, String>,
+    /// Index of the sandbox's uid range.
+    pub slot: u32,
+    pub launched: Option<Launched>,
+    pub warnings: Vec<String>,
+}
+
+impl Record {
+    pub fn expires_at(&self) -> Option<i64> {
+        (self.keepalive_seconds > 0).then(|| {
+            self.last_active_at
+                .saturating_add((self.keepalive_seconds as i64).saturating_mul(1000))
+        })
+    }
+
+    pub fn view(&self) -> Sandbox {
+        Sandbox {
+            id: self.id.clone(),
+            status: self.status,
+            created_at: rfc3339(self.created_at),
+            expires_at: self.expires_at().map(rfc3339),
+            last_active_at: rfc3339(self.last_active_at),
+            keepalive_seconds: self.keepalive_seconds,
+            limits: self.limits,
+            network: "none",
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+/// A sandbox as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sandbox {
+    pub id: String,
+    pub status: Status,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_active_at: String,
+    pub keepalive_seconds: u64,
+    pub limits: Limits,
+    pub network: &'static str,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    pub id: Option<String>,
+    pub keepalive_seconds: Option<u64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: LimitsRequest,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSandbox {
+    pub keepalive_seconds: Option<u64>,
+}
+
+/// A command to run, as clients send it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub command: Option<String>,
+    pub argv: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub stdin: Option<String>,
+    pub timeout_ms: Option<u64>,
+    /// Reserved for sessions (a later capability); refused until then.
+    pub session: Option<String>,
+}
+
+/// One step of a running command.
+#[derive(Debug, Clone)]
+pub enum ExecEvent {
+    Started { pid: i32 },
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+    Exited(ExitStatus),
+}
+
+/// A finished command with its output collected (up to the configured cap).
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+    pub truncated: bool,
+}
+
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// RFC 3339 UTC with a `Z`, to the second.
+pub fn rfc3339(ms: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    t.format(&f).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_is_utc_with_z() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn keepalive_zero_never_expires() {
+        let mut r = Record {
+            id: "a".into(),
+            status: Status::Running,
+            created_at: 0,
+            last_active_at: 1000,
+            keepalive_seconds: 0,
+            limits: Limits::default(),
+            env: BTreeMap::new(),
+            slot: 0,
+            launched: None,
+            warnings: vec![],
+        };
+        assert_eq!(r.expires_at(), None);
+        r.keepalive_seconds = 5;
+        assert_eq!(r.expires_at(), Some(6000));
+    }
+}

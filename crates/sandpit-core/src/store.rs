@@ -1,0 +1,198 @@
+//! The store of record: which sandboxes exist, with their settings and the handle of their
+//! running init, so a restarted server finds them again. SQLite in the data dir by default;
+//! behind [`Store`] so a shared database can serve several nodes later.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection};
+
+use crate::model::{Record, Status};
+use crate::CoreError;
+
+pub trait Store: Send + Sync {
+    fn put(&self, rec: &Record) -> Result<(), CoreError>;
+    fn delete(&self, id: &str) -> Result<(), CoreError>;
+    fn all(&self) -> Result<Vec<Record>, CoreError>;
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> CoreError {
+    CoreError::Internal(format!("store: {e}"))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_active_at INTEGER NOT NULL,
+    keepalive_seconds INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    limits TEXT NOT NULL,
+    env TEXT NOT NULL,
+    launched TEXT,
+    warnings TEXT NOT NULL
+);
+PRAGMA user_version = 1;
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, CoreError> {
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn put(&self, r: &Record) -> Result<(), CoreError> {
+        let launched = r
+            .launched
+            .map(|l| serde_json::to_string(&l))
+            .transpose()
+            .map_err(db_err)?;
+        self.conn()
+            .execute(
+                "INSERT INTO sandboxes (id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT(id) DO UPDATE SET status=?2, created_at=?3, last_active_at=?4, keepalive_seconds=?5,
+                   slot=?6, limits=?7, env=?8, launched=?9, warnings=?10",
+                params![
+                    r.id,
+                    r.status.as_str(),
+                    r.created_at,
+                    r.last_active_at,
+                    r.keepalive_seconds as i64,
+                    r.slot,
+                    serde_json::to_string(&r.limits).map_err(db_err)?,
+                    serde_json::to_string(&r.env).map_err(db_err)?,
+                    launched,
+                    serde_json::to_string(&r.warnings).map_err(db_err)?,
+                ],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn delete(&self, id: &str) -> Result<(), CoreError> {
+        self.conn()
+            .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn all(&self) -> Result<Vec<Record>, CoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings FROM sandboxes")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, u32>(5)?,
+                    row.get::<_, String>(6)?,
+                    row.get::<_, String>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, String>(9)?,
+                ))
+            })
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                id,
+                status,
+                created_at,
+                last_active_at,
+                keepalive,
+                slot,
+                limits,
+                env,
+                launched,
+                warnings,
+            ) = row.map_err(db_err)?;
+            out.push(Record {
+                id,
+                status: Status::parse(&status),
+                created_at,
+                last_active_at,
+                keepalive_seconds: keepalive.max(0) as u64,
+                limits: serde_json::from_str(&limits).map_err(db_err)?,
+                env: serde_json::from_str(&env).map_err(db_err)?,
+                slot,
+                launched: launched
+                    .map(|l| serde_json::from_str(&l))
+                    .transpose()
+                    .map_err(db_err)?,
+                warnings: serde_json::from_str(&warnings).map_err(db_err)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Limits;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let rec = Record {
+            id: "a".into(),
+            status: Status::Running,
+            created_at: 1,
+            last_active_at: 2,
+            keepalive_seconds: 600,
+            limits: Limits {
+                memory_mb: Some(64),
+                cpus: Some(0.5),
+                pids: None,
+            },
+            env: [("K".to_string(), "V".to_string())].into(),
+            slot: 3,
+            launched: Some(sandpit_runtime::Launched {
+                pid: 10,
+                start_time: 20,
+            }),
+            warnings: vec!["w".into()],
+        };
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.put(&rec).unwrap();
+            s.put(&Record {
+                id: "b".into(),
+                ..rec.clone()
+            })
+            .unwrap();
+            s.delete("b").unwrap();
+        }
+        let all = SqliteStore::open(&path).unwrap().all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].slot, 3);
+        assert_eq!(all[0].env["K"], "V");
+        assert_eq!(all[0].launched.unwrap().pid, 10);
+        assert_eq!(all[0].limits.cpus, Some(0.5));
+    }
+}

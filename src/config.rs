@@ -1,0 +1,162 @@
+//! The server's configuration, read in one place: flags override the environment, which
+//! overrides the config file (`--config sandpit.toml`), which overrides the defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8787].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Directory for the store and the sandboxes' files [default: ./.sandpit].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Allow a non-loopback --listen without SANDPIT_AUTH_TOKEN.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// A TOML file with any of the settings below and [defaults].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The config file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    insecure: Option<bool>,
+    log_format: Option<String>,
+    /// First host uid of the sandboxes' id ranges (root only).
+    uid_base: Option<u32>,
+    max_upload_mb: Option<u64>,
+    #[serde(default)]
+    defaults: Defaults,
+}
+
+/// Defaults for sandboxes and commands that do not say otherwise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    keepalive_seconds: Option<u64>,
+    timeout_ms: Option<u64>,
+    max_output_bytes: Option<usize>,
+    memory_mb: Option<u64>,
+    cpus: Option<f64>,
+    pids: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub insecure: bool,
+    pub log_format: String,
+    pub token: Option<String>,
+    pub uid_base: u32,
+    pub max_upload_bytes: u64,
+    defaults: Defaults,
+}
+
+impl Config {
+    pub fn load(args: ServeArgs) -> anyhow::Result<Self> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let token = std::env::var("SANDPIT_AUTH_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:8787".into()),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(".sandpit")),
+            insecure: args.insecure || file.insecure.unwrap_or(false),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or_else(|| "text".into()),
+            token,
+            uid_base: file.uid_base.unwrap_or(1 << 28),
+            max_upload_bytes: file.max_upload_mb.unwrap_or(4096) * 1024 * 1024,
+            defaults: file.defaults,
+        })
+    }
+
+    /// The core's settings.
+    pub fn core(&self, data_dir: PathBuf) -> sandpit_core::CoreConfig {
+        let base = sandpit_core::CoreConfig::default();
+        let d = &self.defaults;
+        sandpit_core::CoreConfig {
+            data_dir,
+            default_keepalive_seconds: d
+                .keepalive_seconds
+                .unwrap_or(base.default_keepalive_seconds),
+            default_limits: sandpit_runtime::Limits {
+                memory_mb: d.memory_mb.or(base.default_limits.memory_mb),
+                cpus: d.cpus.or(base.default_limits.cpus),
+                pids: d.pids.or(base.default_limits.pids),
+            },
+            default_timeout_ms: d.timeout_ms.unwrap_or(base.default_timeout_ms),
+            max_output_bytes: d.max_output_bytes.unwrap_or(base.max_output_bytes),
+            reap_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\nlog_format = \"json\"\n[defaults]\nmemory_mb = 64\n",
+        )
+        .unwrap();
+        let cfg = Config::load(ServeArgs {
+            listen: Some("127.0.0.1:2".into()),
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:2");
+        assert_eq!(cfg.log_format, "json");
+        assert_eq!(
+            cfg.core(PathBuf::from("/x")).default_limits.memory_mb,
+            Some(64)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        assert!(Config::load(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .is_err());
+    }
+}
