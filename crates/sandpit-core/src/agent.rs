@@ -128,9 +128,11 @@ impl AgentClient {
     }
 
     /// Starts a command; events arrive on the returned channel, the last one `Exited`.
-    pub async fn exec(
+    /// `guard` lives until the command has exited.
+    pub async fn exec<G: Send + 'static>(
         &self,
         spec: ExecSpec,
+        guard: G,
     ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
         let mut conn = self.send(&Request::Exec(spec.clone())).await?;
         // The first frame tells whether the command started; a dead pooled connection shows
@@ -160,6 +162,7 @@ impl AgentClient {
         let _ = tx.send(Ok(first)).await;
         let pool = self.idle.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             loop {
                 let event = match read_frame(&mut conn).await {
                     Ok(Frame::Data(Channel::Stdout, d)) => ExecEvent::Stdout(Bytes::from(d)),

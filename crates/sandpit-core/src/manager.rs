@@ -59,6 +59,24 @@ struct Handle {
     life: tokio::sync::Mutex<()>,
     /// Activity not yet written to the store.
     dirty: std::sync::atomic::AtomicBool,
+    /// Commands running now; a sandbox with any never expires under them.
+    busy: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a running command for as long as it lives.
+pub struct BusyGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl BusyGuard {
+    fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Handle {
@@ -134,6 +152,7 @@ impl SandboxManager {
             record: Mutex::new(record),
             life: tokio::sync::Mutex::new(()),
             dirty: false.into(),
+            busy: Arc::default(),
         })
     }
 
@@ -308,8 +327,9 @@ impl SandboxManager {
         Ok(limits)
     }
 
+    /// A sandbox's state; asking about a sandbox counts as activity on it.
     pub fn get(&self, id: &str) -> Result<Sandbox, CoreError> {
-        Ok(self.handle(id)?.record().view())
+        self.touch(id)
     }
 
     pub fn list(&self) -> Vec<Sandbox> {
@@ -523,7 +543,7 @@ impl SandboxManager {
         let spec = self.exec_spec(&h, req)?;
         let h = self.ready(id).await?;
         metrics::counter!("sandpit_exec_total").increment(1);
-        h.agent.exec(spec).await
+        h.agent.exec(spec, BusyGuard::new(&h.busy)).await
     }
 
     /// Runs a command to its end and collects its output.
