@@ -65,10 +65,17 @@ impl Drop for OwnServer {
 
 fn start_server() -> anyhow::Result<(String, OwnServer)> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env_remove("SANDPIT_AUTH_TOKEN")
         .stdout(Stdio::null())
@@ -78,7 +85,11 @@ fn start_server() -> anyhow::Result<(String, OwnServer)> {
     let server = OwnServer { child, _dir: dir };
     let client = reqwest::blocking::Client::new();
     for _ in 0..300 {
-        if client.get(format!("{url}/health")).send().is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{url}/health"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok((url, server));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -89,7 +100,10 @@ fn start_server() -> anyhow::Result<(String, OwnServer)> {
 fn client() -> anyhow::Result<reqwest::blocking::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Ok(token) = std::env::var("SANDPIT_AUTH_TOKEN") {
-        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
     }
     Ok(reqwest::blocking::Client::builder()
         .default_headers(headers)
@@ -97,7 +111,11 @@ fn client() -> anyhow::Result<reqwest::blocking::Client> {
         .build()?)
 }
 
-fn post(c: &reqwest::blocking::Client, url: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+fn post(
+    c: &reqwest::blocking::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
     let resp = c.post(url).json(&body).send()?;
     let status = resp.status();
     let v: serde_json::Value = resp.json()?;
@@ -108,7 +126,11 @@ fn post(c: &reqwest::blocking::Client, url: &str, body: serde_json::Value) -> an
 }
 
 fn exec_true(c: &reqwest::blocking::Client, base: &str, id: &str) -> anyhow::Result<()> {
-    let v = post(c, &format!("{base}/v1/sandboxes/{id}/exec"), json!({"argv": ["true"]}))?;
+    let v = post(
+        c,
+        &format!("{base}/v1/sandboxes/{id}/exec"),
+        json!({"argv": ["true"]}),
+    )?;
     if v["exit_code"] != 0 {
         bail!("exec failed: {v}");
     }
@@ -116,18 +138,31 @@ fn exec_true(c: &reqwest::blocking::Client, base: &str, id: &str) -> anyhow::Res
 }
 
 fn bwrap_args() -> Vec<String> {
-    let mut args: Vec<String> = ["--unshare-all", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for dir in sandpit_runtime::jail::BASE_DIRS {
         match std::fs::symlink_metadata(dir) {
             Ok(m) if m.file_type().is_symlink() => {
                 if let Ok(target) = std::fs::read_link(dir) {
-                    args.extend(["--symlink".into(), target.to_string_lossy().into_owned(), dir.to_string()]);
+                    args.extend([
+                        "--symlink".into(),
+                        target.to_string_lossy().into_owned(),
+                        dir.to_string(),
+                    ]);
                 }
             }
-            Ok(m) if m.is_dir() => args.extend(["--ro-bind".into(), dir.to_string(), dir.to_string()]),
+            Ok(m) if m.is_dir() => {
+                args.extend(["--ro-bind".into(), dir.to_string(), dir.to_string()])
+            }
             _ => {}
         }
     }
@@ -155,18 +190,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let c = client()?;
     let mut rows = Vec::new();
 
-    let bare = stats("bare spawn: sh -c true", time_n(n, || spawn_ok(Command::new("sh").args(["-c", "true"])))?);
+    let bare = stats(
+        "bare spawn: sh -c true",
+        time_n(n, || spawn_ok(Command::new("sh").args(["-c", "true"])))?,
+    );
     let floor = bare.median;
     rows.push(bare);
-    let has_bwrap = Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
+    let has_bwrap = Command::new("bwrap")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if has_bwrap {
         let bw = bwrap_args();
-        rows.push(stats("bwrap spawn, all namespaces", time_n(n, || spawn_ok(Command::new("bwrap").args(&bw)))?));
+        rows.push(stats(
+            "bwrap spawn, all namespaces",
+            time_n(n, || spawn_ok(Command::new("bwrap").args(&bw)))?,
+        ));
     }
 
     let id = format!("bench-{}", std::process::id());
     post(&c, &format!("{base}/v1/sandboxes"), json!({"id": id}))?;
-    rows.push(stats("sandpit exec round trip (true)", time_n(n, || exec_true(&c, &base, &id))?));
+    rows.push(stats(
+        "sandpit exec round trip (true)",
+        time_n(n, || exec_true(&c, &base, &id))?,
+    ));
 
     let mut k = 0;
     let creates = time_n(n.min(100), || {
@@ -198,12 +245,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let per_second = total as f64 / args.throughput_seconds as f64;
 
     for i in 0..=k {
-        let sid = if i == 0 { id.clone() } else { format!("{id}-{i}") };
+        let sid = if i == 0 {
+            id.clone()
+        } else {
+            format!("{id}-{i}")
+        };
         let _ = c.delete(format!("{base}/v1/sandboxes/{sid}")).send();
     }
 
-    println!("sandpit bench: {n} iterations each, {} cores", std::thread::available_parallelism().map_or(0, |p| p.get()));
-    println!("{:<34} {:>10} {:>10} {:>12}", "measure", "median", "p99", "vs bare");
+    println!(
+        "sandpit bench: {n} iterations each, {} cores",
+        std::thread::available_parallelism().map_or(0, |p| p.get())
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>12}",
+        "measure", "median", "p99", "vs bare"
+    );
     for r in &rows {
         println!(
             "{:<34} {:>8.2}ms {:>8.2}ms {:>11.1}x",
@@ -216,6 +273,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !has_bwrap {
         println!("(bwrap not installed: `apt-get install bubblewrap` to compare)");
     }
-    println!("throughput: {per_second:.0} exec/s with {} concurrent clients over {} s", args.clients, args.throughput_seconds);
+    println!(
+        "throughput: {per_second:.0} exec/s with {} concurrent clients over {} s",
+        args.clients, args.throughput_seconds
+    );
     Ok(())
 }

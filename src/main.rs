@@ -32,14 +32,18 @@ enum Command {
     Agent,
     /// Set up a sandbox's namespaces and exec its agent (started by the server).
     #[command(hide = true)]
-    Jail,
+    Jail {
+        /// Remove the sandbox's files from inside its user namespace instead of starting it.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Agent => sandpit_agent::main(),
-        Command::Jail => sandpit_runtime::jail::main(),
+        Command::Jail { remove } => sandpit_runtime::jail::main(remove),
         Command::Serve(args) => report(serve(args)),
         Command::Bench(args) => report(bench::run(args)),
     };

@@ -161,6 +161,17 @@ impl SandboxManager {
     pub async fn recover(self: &Arc<Self>) -> Result<(), CoreError> {
         let records = self.store.all()?;
         tracing::info!(count = records.len(), "re-attaching sandboxes");
+        // Files of sandboxes the store does not know (a delete whose clean-up failed, or a
+        // crash between the two) are removed now.
+        let known: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        for orphan in self.runtime.sandboxes_on_disk() {
+            if !known.contains(orphan.as_str()) {
+                tracing::info!(sandbox = %orphan, "removing leftover files");
+                if let Err(e) = self.runtime.destroy(&orphan, None).await {
+                    tracing::warn!(sandbox = %orphan, error = %e, "could not remove leftover files");
+                }
+            }
+        }
         for rec in records {
             let handle = self.new_handle(rec);
             let id = handle.record().id.clone();
@@ -393,11 +404,14 @@ impl SandboxManager {
             .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
         let _life = h.life.lock().await;
         let launched = h.record().launched;
-        let result = self.runtime.destroy(id, launched).await;
+        if let Err(e) = self.runtime.destroy(id, launched).await {
+            // Its processes are gone; what is left on disk is removed at the next start.
+            tracing::warn!(sandbox = %id, error = %e, "clean-up incomplete");
+        }
         self.store.delete(id)?;
         metrics::counter!("sandpit_sandboxes_deleted_total").increment(1);
         tracing::info!(sandbox = %id, "deleted");
-        result.map_err(|e| CoreError::Internal(e.to_string()))
+        Ok(())
     }
 
     /// Ends every sandbox idle past its keepalive and writes pending activity to the store.

@@ -56,6 +56,18 @@ pub struct JailConfig {
     pub privileged: bool,
     /// `cgroup.procs` files to join before forking.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Rootless only: subordinate ids (from /etc/subuid and /etc/subgid) for ids 1.. inside,
+    /// mapped with the setuid helpers newuidmap/newgidmap.
+    #[serde(default)]
+    pub subordinate: Option<SubordinateIds>,
+}
+
+/// A range of subordinate ids granted to the server's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubordinateIds {
+    pub uid_start: u32,
+    pub gid_start: u32,
+    pub count: u32,
 }
 
 impl JailConfig {
@@ -78,7 +90,8 @@ fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) 
 
 /// Entry point of `sandpit jail`: reads the config from stdin, starts the sandbox, prints the
 /// [`Launched`] handle as JSON on stdout. Returns the process exit code.
-pub fn main() -> i32 {
+/// With `remove`, the sandbox's files are removed instead (see [`remove_as_sandbox_root`]).
+pub fn main(remove: bool) -> i32 {
     let mut input = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         eprintln!("sandpit jail: reading config: {e}");
@@ -91,6 +104,15 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    if remove {
+        return match remove_as_sandbox_root(&cfg) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        };
+    }
     match launch(&cfg) {
         Ok(launched) => {
             println!("{}", serde_json::to_string(&launched).unwrap_or_default());
@@ -158,6 +180,68 @@ fn launch(cfg: &JailConfig) -> Fallible<Launched> {
     }
 }
 
+/// Removes the sandbox's directory from inside a user namespace with the sandbox's id map:
+/// rootless with subordinate ids, files the sandbox's other users own are not the server
+/// user's to delete on the host.
+fn remove_as_sandbox_root(cfg: &JailConfig) -> Fallible<()> {
+    let (status_r, status_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
+        "pipe".into()
+    })?;
+    let (go_r, go_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
+        "pipe".into()
+    })?;
+    // SAFETY: single-threaded, as in `launch`.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(status_r);
+            drop(go_w);
+            let mut status = fs::File::from(status_w);
+            let mut go = fs::File::from(go_r);
+            let result = ctx(unshare(CloneFlags::CLONE_NEWUSER), || {
+                "unshare(user)".into()
+            })
+            .and_then(|()| ctx(writeln!(status, "U"), || "asking for id maps".into()))
+            .and_then(|()| {
+                ctx(go.read_exact(&mut [0u8; 1]), || {
+                    "waiting for id maps".into()
+                })
+            })
+            .and_then(|()| become_root(false))
+            .and_then(|()| {
+                crate::native::remove_tree(&cfg.sandbox_dir)
+                    .map_err(|(p, e)| format!("removing {}: {e}", p.display()))
+            });
+            let code = match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(status, "E {}", e.replace('\n', " "));
+                    1
+                }
+            };
+            // SAFETY: see `launch`.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(status_w);
+            drop(go_r);
+            let mut go = fs::File::from(go_w);
+            let mut failure = None;
+            for line in BufReader::new(fs::File::from(status_r)).lines() {
+                let line = line.map_err(|e| format!("reading status: {e}"))?;
+                if line == "U" {
+                    write_id_maps(cfg, child)?;
+                    ctx(go.write_all(b"g"), || "signalling child".into())?;
+                } else if let Some(msg) = line.strip_prefix("E ") {
+                    failure = Some(msg.to_string());
+                }
+            }
+            let _ = waitpid(child, None);
+            failure.map_or(Ok(()), Err)
+        }
+    }
+}
+
 /// Host side: answers the child's request for id maps and collects the init's pid.
 fn supervise(cfg: &JailConfig, child: Pid, status_r: OwnedFd, go_w: OwnedFd) -> Fallible<Launched> {
     let mut go = fs::File::from(go_w);
@@ -200,6 +284,25 @@ fn write_id_maps(cfg: &JailConfig, child: Pid) -> Fallible<()> {
     if cfg.privileged {
         w("uid_map", format!("0 {} {}\n", cfg.host_uid, cfg.id_count))?;
         w("gid_map", format!("0 {} {}\n", cfg.host_gid, cfg.id_count))?;
+    } else if let Some(sub) = cfg.subordinate {
+        for (helper, own, start) in [
+            ("newuidmap", cfg.host_uid, sub.uid_start),
+            ("newgidmap", cfg.host_gid, sub.gid_start),
+        ] {
+            let out = ctx(
+                std::process::Command::new(helper)
+                    .args([child.to_string(), "0".into(), own.to_string(), "1".into()])
+                    .args(["1".to_string(), start.to_string(), sub.count.to_string()])
+                    .output(),
+                || format!("running {helper}"),
+            )?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{helper}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
     } else {
         w("setgroups", "deny".into())?;
         w("uid_map", format!("0 {} 1\n", cfg.host_uid))?;

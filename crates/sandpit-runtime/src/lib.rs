@@ -69,6 +69,8 @@ pub trait Runtime: Send + Sync {
     async fn stop(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError>;
     /// Stops the sandbox and removes its files and cgroups.
     async fn destroy(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError>;
+    /// Ids of sandboxes that have files on this machine (known to the store or not).
+    fn sandboxes_on_disk(&self) -> Vec<String>;
     /// The Unix socket the sandbox's agent listens on.
     fn agent_socket(&self, id: &str) -> PathBuf;
     /// Warnings that apply to every sandbox (e.g. no cgroup delegation).

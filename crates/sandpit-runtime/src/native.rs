@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 
 use crate::cgroup::{self, CgroupSetup};
-use crate::jail::{start_time, JailConfig};
+use crate::jail::{start_time, JailConfig, SubordinateIds};
 use crate::{LaunchSpec, Launched, Runtime, RuntimeError};
 
 /// How many uids/gids each sandbox gets when the server runs as root.
@@ -28,6 +28,8 @@ pub struct NativeRuntime {
     opts: RuntimeOptions,
     cgroups: CgroupSetup,
     privileged: bool,
+    /// Rootless: the user's subordinate ids, when it has them and newuidmap is installed.
+    subordinate: Option<SubordinateIds>,
 }
 
 impl NativeRuntime {
@@ -38,11 +40,36 @@ impl NativeRuntime {
             tracing::warn!("{w}");
         }
         tracing::info!(?cgroups, "cgroups");
+        let privileged = nix::unistd::geteuid().is_root();
+        let subordinate = if privileged { None } else { subordinate_ids() };
+        if !privileged {
+            match subordinate {
+                Some(s) => tracing::info!(count = s.count, "rootless: mapping subordinate ids with newuidmap"),
+                None => tracing::warn!(
+                    "rootless without subordinate ids (no /etc/subuid entry or no newuidmap): only root exists inside sandboxes"
+                ),
+            }
+        }
         Self {
             opts,
             cgroups,
-            privileged: nix::unistd::geteuid().is_root(),
+            privileged,
+            subordinate,
         }
+    }
+
+    /// The part of the user's subordinate ids that sandbox `slot` gets: a range of its own
+    /// while the user's ranges last, shared beyond that.
+    fn subordinate_for(&self, slot: u32) -> Option<SubordinateIds> {
+        let sub = self.subordinate?;
+        let per = sub.count.min(IDS_PER_SANDBOX - 1);
+        let ranges = (sub.count / per).max(1);
+        let offset = (slot % ranges) * per;
+        Some(SubordinateIds {
+            uid_start: sub.uid_start + offset,
+            gid_start: sub.gid_start + offset,
+            count: per,
+        })
     }
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
@@ -54,6 +81,56 @@ impl NativeRuntime {
             id: id.to_string(),
             message: message.into(),
         }
+    }
+
+    /// Rootless with subordinate ids: files owned by the sandbox's other users are removed
+    /// from inside a user namespace with the same id map (`sandpit jail --remove`).
+    async fn remove_with_subordinate_ids(
+        &self,
+        id: &str,
+        sub: SubordinateIds,
+    ) -> Result<(), RuntimeError> {
+        let cfg = JailConfig {
+            id: id.to_string(),
+            sandbox_dir: self.sandbox_dir(id),
+            agent_binary: self.opts.binary.clone(),
+            host_uid: nix::unistd::geteuid().as_raw(),
+            host_gid: nix::unistd::getegid().as_raw(),
+            id_count: 1,
+            privileged: false,
+            cgroup_procs: vec![],
+            subordinate: Some(sub),
+        };
+        self.run_jail(&cfg, &["jail", "--remove"]).await.map(drop)
+    }
+
+    /// Runs `sandpit jail` with `cfg` on stdin; its stdout on success.
+    async fn run_jail(&self, cfg: &JailConfig, args: &[&str]) -> Result<Vec<u8>, RuntimeError> {
+        let id = &cfg.id;
+        let input = serde_json::to_vec(cfg).map_err(|e| Self::err(id, e.to_string()))?;
+        let mut child = tokio::process::Command::new(&self.opts.binary)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Self::err(id, format!("spawning the jail: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(&input)
+                .await
+                .map_err(|e| Self::err(id, format!("configuring the jail: {e}")))?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .map_err(|_| Self::err(id, "the jail did not finish within 30 s"))?
+            .map_err(|e| Self::err(id, format!("waiting for the jail: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(Self::err(id, format!("jail failed: {stderr}")));
+        }
+        Ok(out.stdout)
     }
 
     async fn kill_init(&self, launched: Option<Launched>) {
@@ -70,6 +147,45 @@ impl NativeRuntime {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// The server user's subordinate uid and gid ranges, if it has both and the helpers exist.
+fn subordinate_ids() -> Option<SubordinateIds> {
+    let helpers = ["newuidmap", "newgidmap"].iter().all(|h| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(h).exists()))
+    });
+    if !helpers {
+        return None;
+    }
+    let uid = nix::unistd::geteuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let find = |file: &str| -> Option<(u32, u32)> {
+        let text = std::fs::read_to_string(file).ok()?;
+        parse_subid(&text, name.as_deref(), uid.as_raw())
+    };
+    let (uid_start, uid_count) = find("/etc/subuid")?;
+    let (gid_start, gid_count) = find("/etc/subgid")?;
+    let count = uid_count.min(gid_count);
+    (count > 0).then_some(SubordinateIds {
+        uid_start,
+        gid_start,
+        count,
+    })
+}
+
+/// The first `name:start:count` (or `uid:start:count`) line of a subid file for this user.
+fn parse_subid(text: &str, name: Option<&str>, uid: u32) -> Option<(u32, u32)> {
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        let me = Some(who) == name || who.parse::<u32>().ok() == Some(uid);
+        me.then(|| Some((start.parse().ok()?, count.parse().ok()?)))
+            .flatten()
+    })
 }
 
 /// A short, stable name for this data dir, so two servers on one host keep their cgroups apart.
@@ -118,37 +234,21 @@ impl Runtime for NativeRuntime {
             id_count,
             privileged: self.privileged,
             cgroup_procs: cg.procs_files(),
+            subordinate: self.subordinate_for(spec.slot),
         };
-        let input = serde_json::to_vec(&cfg).map_err(|e| Self::err(&id, e.to_string()))?;
-        let mut child = tokio::process::Command::new(&self.opts.binary)
-            .arg("jail")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Self::err(&id, format!("spawning the jail: {e}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(&input)
-                .await
-                .map_err(|e| Self::err(&id, format!("configuring the jail: {e}")))?;
-        }
-        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-            .await
-            .map_err(|_| Self::err(&id, "the jail did not finish within 30 s"))?
-            .map_err(|e| Self::err(&id, format!("waiting for the jail: {e}")))?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            cgroup::destroy(&cg);
-            return Err(Self::err(&id, format!("start failed: {stderr}")));
-        }
-        let launched: Launched = serde_json::from_slice(&out.stdout).map_err(|e| {
+        let stdout = match self.run_jail(&cfg, &["jail"]).await {
+            Ok(out) => out,
+            Err(e) => {
+                cgroup::destroy(&cg);
+                return Err(e);
+            }
+        };
+        let launched: Launched = serde_json::from_slice(&stdout).map_err(|e| {
             Self::err(
                 &id,
                 format!(
                     "the jail answered '{}': {e}",
-                    String::from_utf8_lossy(&out.stdout)
+                    String::from_utf8_lossy(&stdout)
                 ),
             )
         })?;
@@ -171,6 +271,11 @@ impl Runtime for NativeRuntime {
     async fn destroy(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError> {
         self.stop(id, launched).await?;
         let dir = self.sandbox_dir(id);
+        if let (false, Some(sub)) = (self.privileged, self.subordinate) {
+            if dir.exists() {
+                self.remove_with_subordinate_ids(id, sub).await?;
+            }
+        }
         tokio::task::spawn_blocking(move || remove_tree(&dir))
             .await
             .map_err(|e| Self::err(id, e.to_string()))?
@@ -179,6 +284,16 @@ impl Runtime for NativeRuntime {
                 path,
                 source,
             })
+    }
+
+    fn sandboxes_on_disk(&self) -> Vec<String> {
+        std::fs::read_dir(self.opts.data_dir.join("sandboxes"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn agent_socket(&self, id: &str) -> PathBuf {
@@ -191,7 +306,7 @@ impl Runtime for NativeRuntime {
 }
 
 /// Removes a sandbox directory even where the sandbox made parts of it unwritable.
-fn remove_tree(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+pub(crate) fn remove_tree(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_dir_all(dir) {
         Ok(()) => return Ok(()),
@@ -216,6 +331,20 @@ fn remove_tree(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn subid_lines() {
+        let text = "alice:100000:65536\n1001:165536:65536\n";
+        assert_eq!(
+            super::parse_subid(text, Some("alice"), 5),
+            Some((100000, 65536))
+        );
+        assert_eq!(
+            super::parse_subid(text, Some("bob"), 1001),
+            Some((165536, 65536))
+        );
+        assert_eq!(super::parse_subid(text, Some("carol"), 7), None);
+    }
+
     #[test]
     fn instance_name_is_stable_and_distinct() {
         let a = super::instance_name(std::path::Path::new("/nonexistent/a"));
