@@ -41,11 +41,37 @@ impl SandboxCgroup {
     }
 }
 
+/// What the host shows about cgroups: inputs of [`CgroupSetup::plan`], real or made up.
+struct HostCgroups<'a> {
+    mountinfo: &'a str,
+    own: &'a str,
+    is_root: bool,
+    controllers: &'a dyn Fn(&Path) -> String,
+    writable: &'a dyn Fn(&Path) -> bool,
+}
+
 impl CgroupSetup {
     /// Finds where sandboxes' cgroups can live; `instance` keeps two servers apart.
     pub fn detect(instance: &str) -> Self {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Self::plan(
+            &HostCgroups {
+                mountinfo: &mountinfo,
+                own: &own,
+                is_root: nix::unistd::geteuid().is_root(),
+                controllers: &|p: &Path| {
+                    fs::read_to_string(p.join("cgroup.controllers")).unwrap_or_default()
+                },
+                writable: &writable_parent,
+            },
+            instance,
+        )
+    }
+
+    /// The decision of [`Self::detect`], from what the host shows.
+    fn plan(host: &HostCgroups<'_>, instance: &str) -> Self {
+        let (mountinfo, own) = (host.mountinfo, host.own);
         let name = format!("sandpit-{instance}");
         let mut v1 = (None, None, None);
         let mut v2_mount = None;
@@ -61,9 +87,7 @@ impl CgroupSetup {
             let (root, mount_point) = (l[3], l[4]);
             match r[0] {
                 "cgroup2" => {
-                    let controllers =
-                        fs::read_to_string(Path::new(mount_point).join("cgroup.controllers"))
-                            .unwrap_or_default();
+                    let controllers = (host.controllers)(Path::new(mount_point));
                     if controllers
                         .split_whitespace()
                         .any(|c| c == "memory" || c == "pids")
@@ -92,7 +116,7 @@ impl CgroupSetup {
             }
         }
         if v1.0.is_some() || v1.1.is_some() {
-            let usable = |p: Option<PathBuf>| p.filter(|p| writable_parent(p));
+            let usable = |p: Option<PathBuf>| p.filter(|p| (host.writable)(p));
             let (memory, pids, cpu) = (usable(v1.0), usable(v1.1), usable(v1.2));
             if memory.is_none() && pids.is_none() {
                 return Self::Unavailable(
@@ -109,13 +133,13 @@ impl CgroupSetup {
                 .to_string();
             // As root: a tree at the top of the hierarchy. Otherwise: beside our own cgroup,
             // which works where the service manager delegated the subtree to us.
-            let parent = if nix::unistd::geteuid().is_root() {
+            let parent = if host.is_root {
                 mount.join(&name)
             } else {
                 let own_dir = mount.join(rel.trim_start_matches('/'));
                 own_dir.parent().unwrap_or(&mount).join(&name)
             };
-            if !writable_parent(&parent) {
+            if !(host.writable)(&parent) {
                 return Self::Unavailable(format!(
                     "cgroup v2 directory {} is not writable (no delegation)",
                     parent.display()
@@ -315,6 +339,118 @@ mod tests {
         assert_eq!(own_path(text, "cpu"), "/c");
         assert_eq!(own_path(text, ""), "/user.slice");
         assert_eq!(own_path(text, "pids"), "/");
+    }
+
+    const HYBRID: &str = "\
+35 27 0:30 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+37 27 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 27 0:35 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+42 27 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const UNIFIED: &str = "31 27 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    fn host<'a>(
+        mountinfo: &'a str,
+        own: &'a str,
+        is_root: bool,
+        writable: &'a dyn Fn(&Path) -> bool,
+    ) -> HostCgroups<'a> {
+        HostCgroups {
+            mountinfo,
+            own,
+            is_root,
+            controllers: &|p: &Path| {
+                if p == Path::new("/sys/fs/cgroup") {
+                    "cpu memory pids".into()
+                } else {
+                    String::new()
+                }
+            },
+            writable,
+        }
+    }
+
+    #[test]
+    fn hybrid_hosts_use_v1_under_our_own_cgroup() {
+        let own = "4:memory:/svc/a\n8:pids:/\n1:cpu:/\n0::/\n";
+        let plan = CgroupSetup::plan(&host(HYBRID, own, true, &|_| true), "abc");
+        match plan {
+            CgroupSetup::V1 { memory, pids, cpu } => {
+                assert_eq!(
+                    memory.unwrap(),
+                    Path::new("/sys/fs/cgroup/memory/svc/a/sandpit-abc")
+                );
+                assert_eq!(pids.unwrap(), Path::new("/sys/fs/cgroup/pids/sandpit-abc"));
+                assert_eq!(cpu.unwrap(), Path::new("/sys/fs/cgroup/cpu/sandpit-abc"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let denied = CgroupSetup::plan(&host(HYBRID, own, false, &|_| false), "abc");
+        assert!(matches!(denied, CgroupSetup::Unavailable(_)));
+        assert!(denied.warning().unwrap().contains("not enforced"));
+    }
+
+    #[test]
+    fn unified_hosts_use_v2_at_the_top_as_root_and_beside_us_when_delegated() {
+        let own = "0::/user.slice/user-1000.slice/app.scope\n";
+        let root = CgroupSetup::plan(&host(UNIFIED, own, true, &|_| true), "abc");
+        assert!(
+            matches!(&root, CgroupSetup::V2 { parent } if parent == Path::new("/sys/fs/cgroup/sandpit-abc"))
+        );
+        let user = CgroupSetup::plan(&host(UNIFIED, own, false, &|_| true), "abc");
+        assert!(matches!(&user, CgroupSetup::V2 { parent }
+            if parent == Path::new("/sys/fs/cgroup/user.slice/user-1000.slice/sandpit-abc")));
+        let undelegated = CgroupSetup::plan(&host(UNIFIED, own, false, &|_| false), "abc");
+        assert!(matches!(undelegated, CgroupSetup::Unavailable(_)));
+    }
+
+    #[test]
+    fn v2_limits_are_written_in_v2_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = CgroupSetup::V2 {
+            parent: dir.path().join("sandpit-x"),
+        };
+        let limits = Limits {
+            memory_mb: Some(64),
+            cpus: Some(0.5),
+            pids: Some(32),
+        };
+        let (cg, warnings) = setup.create("sb", &limits).unwrap();
+        assert!(warnings.is_empty());
+        let read = |f: &str| fs::read_to_string(cg.dirs[0].join(f)).unwrap();
+        assert_eq!(read("memory.max"), (64 * 1024 * 1024).to_string());
+        assert_eq!(read("pids.max"), "32");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(
+            cg.procs_files(),
+            vec![dir.path().join("sandpit-x/sb/cgroup.procs")]
+        );
+    }
+
+    #[test]
+    fn v1_limits_are_written_per_hierarchy() {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = CgroupSetup::V1 {
+            memory: Some(dir.path().join("memory")),
+            pids: Some(dir.path().join("pids")),
+            cpu: None,
+        };
+        let limits = Limits {
+            memory_mb: Some(16),
+            cpus: Some(1.0),
+            pids: Some(8),
+        };
+        let (cg, _) = setup.create("sb", &limits).unwrap();
+        assert_eq!(cg.dirs.len(), 2);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("memory/sb/memory.limit_in_bytes")).unwrap(),
+            "16777216"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("pids/sb/pids.max")).unwrap(),
+            "8"
+        );
+        assert!(setup.warning().unwrap().contains("cpu"));
     }
 
     #[test]
