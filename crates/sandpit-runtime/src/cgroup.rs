@@ -99,7 +99,7 @@ impl CgroupSetup {
                     let opts: Vec<&str> = r[2].split(',').collect();
                     for (ctl, slot) in [("memory", 0), ("pids", 1), ("cpu", 2)] {
                         if opts.contains(&ctl) {
-                            let own_path = own_path(&own, ctl);
+                            let own_path = own_path(own, ctl);
                             let rel = own_path.strip_prefix(root).unwrap_or(&own_path);
                             let dir = Path::new(mount_point)
                                 .join(rel.trim_start_matches('/'))
@@ -126,7 +126,7 @@ impl CgroupSetup {
             return Self::V1 { memory, pids, cpu };
         }
         if let Some((root, mount)) = v2_mount {
-            let own_path = own_path(&own, "");
+            let own_path = own_path(own, "");
             let rel = own_path
                 .strip_prefix(&root)
                 .unwrap_or(&own_path)
