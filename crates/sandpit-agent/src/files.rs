@@ -2,6 +2,7 @@
 //! ever name something in this sandbox, whatever `..` or symlinks it contains.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
 use std::path::Path;
 
 use sandpit_proto::{
@@ -128,26 +129,68 @@ fn simple(req: Request) -> Result<Reply, AgentError> {
     }
 }
 
-/// Sends a file: `FileInfo`, its bytes as data frames, an end frame.
-pub async fn read<W: AsyncWrite + Unpin>(path: &str, wr: &mut W) -> Result<(), ProtoError> {
-    if let Err(e) = check(path) {
-        return write_json(wr, &Reply::Error(e)).await;
-    }
-    let opened = async {
-        let f = tokio::fs::File::open(path).await?;
-        let meta = f.metadata().await?;
-        Ok::<_, std::io::Error>((f, meta))
-    }
-    .await;
-    let (mut file, meta) = match opened {
-        Ok(pair) => pair,
-        Err(e) => return write_json(wr, &Reply::Error(AgentError::from_io(&e, path))).await,
-    };
+/// Files that report a size of 0 (procfs, sysfs) are read whole, up to this much, so their
+/// real size can be announced.
+const MAX_UNSIZED: u64 = 16 * 1024 * 1024;
+
+/// Opens `path` for reading without ever blocking (a FIFO would wait for a writer) and
+/// refuses anything but a regular file (a device would stream forever).
+async fn open_regular(path: &str) -> Result<(tokio::fs::File, u64), AgentError> {
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.read(true).custom_flags(libc::O_NONBLOCK);
+    let file = opts
+        .open(path)
+        .await
+        .map_err(|e| AgentError::from_io(&e, path))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| AgentError::from_io(&e, path))?;
     if meta.is_dir() {
-        let err = AgentError::new(ErrorCode::IsADirectory, format!("'{path}' is a directory"));
-        return write_json(wr, &Reply::Error(err)).await;
+        return Err(AgentError::new(
+            ErrorCode::IsADirectory,
+            format!("'{path}' is a directory"),
+        ));
     }
-    write_json(wr, &Reply::FileInfo { size: meta.len() }).await?;
+    if !meta.is_file() {
+        return Err(AgentError::new(
+            ErrorCode::InvalidPath,
+            format!("'{path}' is not a regular file"),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Sends a file: `FileInfo`, its bytes as data frames, an end frame. Exactly the announced
+/// number of bytes is sent (a file that grows meanwhile is cut at its size when opened).
+pub async fn read<W: AsyncWrite + Unpin>(path: &str, wr: &mut W) -> Result<(), ProtoError> {
+    let opened = match check(path) {
+        Ok(()) => open_regular(path).await,
+        Err(e) => Err(e),
+    };
+    let (file, size) = match opened {
+        Ok(pair) => pair,
+        Err(e) => return write_json(wr, &Reply::Error(e)).await,
+    };
+    if size == 0 {
+        let mut whole = Vec::new();
+        if let Err(e) = file.take(MAX_UNSIZED).read_to_end(&mut whole).await {
+            return write_json(wr, &Reply::Error(AgentError::from_io(&e, path))).await;
+        }
+        write_json(
+            wr,
+            &Reply::FileInfo {
+                size: whole.len() as u64,
+            },
+        )
+        .await?;
+        for part in whole.chunks(CHUNK) {
+            write_data(wr, Channel::Input, part).await?;
+        }
+        return write_end(wr, Channel::Input).await;
+    }
+    write_json(wr, &Reply::FileInfo { size }).await?;
+    let mut file = file.take(size);
     let mut buf = vec![0u8; CHUNK];
     loop {
         match file.read(&mut buf).await {
@@ -184,8 +227,17 @@ where
             opts.write(true)
                 .create(true)
                 .truncate(true)
-                .mode(mode.unwrap_or(0o644));
-            opts.open(path).await
+                .mode(mode.unwrap_or(0o644))
+                .custom_flags(libc::O_NONBLOCK);
+            let f = opts.open(path).await?;
+            if !f.metadata().await?.is_file() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ));
+            }
+            Ok(f)
+
         }
         .await;
         match opened {

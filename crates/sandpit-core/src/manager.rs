@@ -421,11 +421,13 @@ impl SandboxManager {
         for h in handles {
             let (id, expired, rec) = {
                 let r = h.record();
+                let idle = h.busy.load(std::sync::atomic::Ordering::SeqCst) == 0;
                 (
                     r.id.clone(),
-                    r.expires_at().is_some_and(|t| t <= now),
+                    idle && r.expires_at().is_some_and(|t| t <= now),
                     r.clone(),
                 )
+
             };
             if expired && h.life.try_lock().is_ok() {
                 tracing::info!(sandbox = %id, "keepalive expired");
