@@ -139,7 +139,10 @@ impl Server {
         let start = (start..log.len())
             .find(|i| log.is_char_boundary(*i))
             .unwrap_or(log.len());
-        format!("--- server log (tail) ---\n{}\n--- end of log ---", &log[start..])
+        format!(
+            "--- server log (tail) ---\n{}\n--- end of log ---",
+            &log[start..]
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -280,6 +283,11 @@ impl Server {
         }
     }
 
+    /// A request builder without any Authorization header (for auth tests).
+    pub fn req_anon(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
     fn try_send(&self, rb: RequestBuilder) -> Result<Resp, reqwest::Error> {
         let r = rb.send()?;
         let status = r.status().as_u16();
@@ -376,7 +384,13 @@ impl Server {
         };
         for id in ids {
             let r = self.try_send(self.req(Method::DELETE, &format!("/v1/sandboxes/{id}")));
-            if !matches!(r, Ok(Resp { status: 204 | 404, .. })) {
+            if !matches!(
+                r,
+                Ok(Resp {
+                    status: 204 | 404,
+                    ..
+                })
+            ) {
                 eprintln!("cleanup: could not delete sandbox {id}: {r:?}");
             }
         }
@@ -412,7 +426,8 @@ impl Server {
         r.stdout
     }
 
-    /// Every process visible inside the sandbox (read from `/proc/*/cmdline`, no `ps`).
+    /// Every process visible inside the sandbox (read from `/proc/*/cmdline`, no `ps`);
+    /// NULs and newlines in command lines become spaces.
     #[track_caller]
     pub fn processes(&self, id: &str) -> Vec<Proc> {
         const SCRIPT: &str = r#"
@@ -424,7 +439,8 @@ for p in os.listdir('/proc'):
                 c = f.read()
         except OSError:
             continue
-        print(p, c.replace(b'\0', b' ').decode('utf-8', 'replace').strip())
+        c = c.replace(b'\0', b' ').replace(b'\n', b' ')
+        print(p, c.decode('utf-8', 'replace').strip())
 "#;
         let r = self.exec_json(id, &json!({ "argv": ["python3", "-c", SCRIPT] }));
         assert_eq!(r.exit_code, 0, "listing processes in {id}: {r:?}");
@@ -438,6 +454,23 @@ for p in os.listdir('/proc'):
                 }
             })
             .collect()
+    }
+
+    /// Polls (up to 5 s) until a process with exactly this command line runs in the sandbox.
+    #[track_caller]
+    pub fn wait_for_process(&self, id: &str, cmdline: &str) -> Proc {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let procs = self.processes(id);
+            if let Some(p) = procs.iter().find(|p| p.cmdline == cmdline) {
+                return p.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no process `{cmdline}` in {id}: {procs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     // ---- files ----
@@ -760,10 +793,7 @@ pub fn assert_host_absent(path: &Path, why: &str) {
 
 /// Runs `sandpit` with `args` (no auth token in its environment) and waits up to `timeout`
 /// for it to exit. `None` (after killing it) when it was still running.
-pub fn run_binary(
-    args: &[&str],
-    timeout: Duration,
-) -> Option<(std::process::ExitStatus, String)> {
+pub fn run_binary(args: &[&str], timeout: Duration) -> Option<(std::process::ExitStatus, String)> {
     let out = tempfile::NamedTempFile::new().expect("temp file");
     let log: File = out.reopen().expect("reopen");
     let mut child = Command::new(BIN)

@@ -194,8 +194,14 @@ impl AgentError {
             K::DirectoryNotEmpty => ErrorCode::NotEmpty,
             K::StorageFull => ErrorCode::NoSpace,
             K::InvalidInput | K::InvalidFilename => ErrorCode::InvalidPath,
-            _ => ErrorCode::Internal,
+            K::ReadOnlyFilesystem => ErrorCode::PermissionDenied,
+            _ => match err.raw_os_error() {
+                // ENXIO: a FIFO without a reader; ELOOP; ENAMETOOLONG.
+                Some(6) | Some(40) | Some(36) => ErrorCode::InvalidPath,
+                _ => ErrorCode::Internal,
+            },
         };
+
         Self::new(code, format!("{path}: {err}"))
     }
 }
