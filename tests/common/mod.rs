@@ -500,6 +500,21 @@ for p in os.listdir('/proc'):
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Before cleanup deletes them: the server's log and any log a sandbox left.
+            eprintln!("{}", self.log_tail());
+            for log in find_logs(self.data_dir.path(), 4) {
+                if log != self.log_path() {
+                    let text = std::fs::read(&log).unwrap_or_default();
+                    let tail = &text[text.len().saturating_sub(3000)..];
+                    eprintln!(
+                        "--- {} (tail) ---\n{}",
+                        log.display(),
+                        String::from_utf8_lossy(tail)
+                    );
+                }
+            }
+        }
         if !self.is_running() {
             // Sandboxes outlive the server: bring it back briefly to delete them.
             match self.spawn() {
@@ -640,6 +655,25 @@ pub fn id_map_entry(map: &str, inside: u64) -> Option<(u64, u32, u64)> {
         }
         Some((f[0], (f[1] + inside - f[0]) as u32, f[2]))
     })
+}
+
+/// Files named `*.log` under `dir`, at most `depth` levels down.
+fn find_logs(dir: &Path, depth: u32) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 => found.extend(find_logs(&path, depth - 1)),
+            Ok(t) if t.is_file() && path.extension().is_some_and(|e| e == "log") => {
+                found.push(path)
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 fn ids_of(list: &Value) -> Vec<String> {

@@ -51,7 +51,9 @@ impl<W: AsyncWrite + Unpin> Sink<'_, W> {
 
 pub async fn run<W: AsyncWrite + Unpin>(
     spec: ExecSpec,
+    stdin: Option<Vec<u8>>,
     reaper: &Reaper,
+
     wr: &mut W,
 ) -> Result<(), ProtoError> {
     let mut sink = Sink { wr, broken: None };
@@ -78,7 +80,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         .env_clear()
         .envs(&spec.env)
         .current_dir(&spec.cwd)
-        .stdin(if spec.stdin.is_some() {
+        .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -122,8 +124,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     let pid = child.id() as i32;
     sink.json(&Reply::Started { pid }).await;
 
-    if let (Some(stdin), Some(data)) = (child.stdin.take(), spec.stdin) {
-        if let Ok(mut tx) = pipe::Sender::from_owned_fd(OwnedFd::from(stdin)) {
+    if let (Some(pipe_in), Some(data)) = (child.stdin.take(), stdin) {
+        if let Ok(mut tx) = pipe::Sender::from_owned_fd(OwnedFd::from(pipe_in)) {
             tokio::spawn(async move {
                 let _ = tx.write_all(&data).await;
             });

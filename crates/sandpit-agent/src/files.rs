@@ -237,7 +237,6 @@ where
                 ));
             }
             Ok(f)
-
         }
         .await;
         match opened {

@@ -9,7 +9,14 @@ mod reaper;
 
 use std::os::fd::FromRawFd;
 
-use sandpit_proto::{read_frame, write_json, Frame, ProtoError, Reply, Request, PROTOCOL_VERSION};
+use sandpit_proto::{
+    read_all_data, read_frame, write_json, Channel, Frame, ProtoError, Reply, Request,
+    PROTOCOL_VERSION,
+};
+
+/// Largest standard input a command is given (the server's JSON body limit is lower).
+const MAX_STDIN: usize = 64 * 1024 * 1024;
+
 use tokio::net::UnixStream;
 
 /// Entry point of `sandpit agent`. Returns the process exit code.
@@ -93,7 +100,15 @@ async fn serve(stream: UnixStream, reaper: reaper::Reaper) -> Result<(), ProtoEr
                 )
                 .await?
             }
-            Request::Exec(spec) => exec::run(spec, &reaper, &mut wr).await?,
+            Request::Exec(spec) => {
+                let stdin = if spec.has_stdin {
+                    Some(read_all_data(&mut rd, Channel::Input, MAX_STDIN).await?)
+                } else {
+                    None
+                };
+                exec::run(spec, stdin, &reaper, &mut wr).await?
+            }
+
             Request::ReadFile { path } => files::read(&path, &mut wr).await?,
             Request::WriteFile { path, mode } => {
                 files::write(&path, mode, &mut rd, &mut wr).await?

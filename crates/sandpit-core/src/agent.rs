@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sandpit_proto::{
-    read_frame, read_json, write_data, write_end, write_json, Channel, ExecSpec, Frame, ProtoError,
-    Reply, Request, PROTOCOL_VERSION,
+    read_frame, read_json, write_all_data, write_data, write_end, write_json, Channel, ExecSpec,
+    Frame, ProtoError, Reply, Request, PROTOCOL_VERSION,
 };
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -132,21 +132,40 @@ impl AgentClient {
     pub async fn exec<G: Send + 'static>(
         &self,
         spec: ExecSpec,
+        stdin: Option<Bytes>,
         guard: G,
     ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
-        let mut conn = self.send(&Request::Exec(spec.clone())).await?;
+        let spec = ExecSpec {
+            has_stdin: stdin.is_some(),
+            ..spec
+        };
+        let req = Request::Exec(spec);
+        let send_stdin = |mut conn: UnixStream| {
+            let stdin = stdin.clone();
+            async move {
+                if let Some(data) = stdin {
+                    write_all_data(&mut conn, Channel::Input, &data)
+                        .await
+                        .map_err(|e| self.broken(e))?;
+                }
+                Ok::<_, CoreError>(conn)
+            }
+        };
+        let mut conn = send_stdin(self.send(&req).await?).await?;
         // The first frame tells whether the command started; a dead pooled connection shows
         // here, before anything ran, so it is safe to retry on a fresh one.
         let first = match read_frame(&mut conn).await {
             Ok(f) => f,
             Err(_) => {
-                conn = self.connect().await?;
-                write_json(&mut conn, &Request::Exec(spec))
+                let mut fresh = self.connect().await?;
+                write_json(&mut fresh, &req)
                     .await
                     .map_err(|e| self.broken(e))?;
+                conn = send_stdin(fresh).await?;
                 read_frame(&mut conn).await.map_err(|e| self.broken(e))?
             }
         };
+
         let first = match first {
             Frame::Json(body) => {
                 match sandpit_proto::decode::<Reply>(&body).map_err(|e| self.broken(e))? {

@@ -427,7 +427,6 @@ impl SandboxManager {
                     idle && r.expires_at().is_some_and(|t| t <= now),
                     r.clone(),
                 )
-
             };
             if expired && h.life.try_lock().is_ok() {
                 tracing::info!(sandbox = %id, "keepalive expired");
@@ -544,7 +543,8 @@ impl SandboxManager {
             argv,
             env,
             cwd,
-            stdin: req.stdin.map(String::into_bytes),
+            has_stdin: req.stdin.is_some(),
+
             timeout_ms: Some(req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms)),
         })
     }
@@ -556,10 +556,11 @@ impl SandboxManager {
         req: ExecRequest,
     ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
         let h = self.handle(id)?;
+        let stdin = req.stdin.clone().map(Bytes::from);
         let spec = self.exec_spec(&h, req)?;
         let h = self.ready(id).await?;
         metrics::counter!("sandpit_exec_total").increment(1);
-        h.agent.exec(spec, BusyGuard::new(&h.busy)).await
+        h.agent.exec(spec, stdin, BusyGuard::new(&h.busy)).await
     }
 
     /// Runs a command to its end and collects its output.

@@ -90,8 +90,11 @@ pub struct ExecSpec {
     /// The whole environment of the command (the server merges sandbox and request env).
     pub env: BTreeMap<String, String>,
     pub cwd: String,
+    /// Standard input follows the request as data frames and an end frame; without it
+    /// the command's stdin is /dev/null.
     #[serde(default)]
-    pub stdin: Option<Vec<u8>>,
+    pub has_stdin: bool,
+
     /// Kill the command's whole process tree after this long.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
@@ -306,6 +309,45 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, ProtoE
 /// Decodes the body of a JSON frame.
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ProtoError> {
     Ok(serde_json::from_slice(body)?)
+}
+
+/// Reads data frames of `ch` up to its end frame, refusing more than `max` bytes.
+pub async fn read_all_data<R: AsyncRead + Unpin>(
+    r: &mut R,
+    ch: Channel,
+    max: usize,
+) -> Result<Vec<u8>, ProtoError> {
+    let mut out = Vec::new();
+    loop {
+        match read_frame(r).await? {
+            Frame::Data(c, d) if c == ch => {
+                if out.len() + d.len() > max {
+                    return Err(ProtoError::Malformed(format!(
+                        "more than {max} bytes of data"
+                    )));
+                }
+                out.extend_from_slice(&d);
+            }
+            Frame::End(c) if c == ch => return Ok(out),
+            other => {
+                return Err(ProtoError::Malformed(format!(
+                    "expected data on {ch:?}, got {other:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// Writes `data` on `ch` in chunks, then the end frame.
+pub async fn write_all_data<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    ch: Channel,
+    data: &[u8],
+) -> Result<(), ProtoError> {
+    for part in data.chunks(CHUNK) {
+        write_data(w, ch, part).await?;
+    }
+    write_end(w, ch).await
 }
 
 /// Reads a frame that must be JSON of type `T`.

@@ -162,7 +162,7 @@ fn launch(cfg: &JailConfig) -> Fallible<Launched> {
             let code = match child(cfg, &mut status, go_r, &listener, &log) {
                 Ok(()) => 0,
                 Err(e) => {
-                    let _ = writeln!(status, "E {}", e.replace('\n', " "));
+                    let _ = say(&status, &format!("E {}", e.replace('\n', " ")));
                     1
                 }
             };
@@ -196,12 +196,12 @@ fn remove_as_sandbox_root(cfg: &JailConfig) -> Fallible<()> {
         Ok(ForkResult::Child) => {
             drop(status_r);
             drop(go_w);
-            let mut status = fs::File::from(status_w);
+            let status = fs::File::from(status_w);
             let mut go = fs::File::from(go_r);
             let result = ctx(unshare(CloneFlags::CLONE_NEWUSER), || {
                 "unshare(user)".into()
             })
-            .and_then(|()| ctx(writeln!(status, "U"), || "asking for id maps".into()))
+            .and_then(|()| ctx(say(&status, "U"), || "asking for id maps".into()))
             .and_then(|()| {
                 ctx(go.read_exact(&mut [0u8; 1]), || {
                     "waiting for id maps".into()
@@ -215,7 +215,7 @@ fn remove_as_sandbox_root(cfg: &JailConfig) -> Fallible<()> {
             let code = match result {
                 Ok(()) => 0,
                 Err(e) => {
-                    let _ = writeln!(status, "E {}", e.replace('\n', " "));
+                    let _ = say(&status, &format!("E {}", e.replace('\n', " ")));
                     1
                 }
             };
@@ -333,7 +333,7 @@ fn child(
         | CloneFlags::CLONE_NEWCGROUP;
     let mut go = fs::File::from(go_r);
     let mut request_maps = |status: &mut fs::File| -> Fallible<()> {
-        ctx(writeln!(status, "U"), || "asking for id maps".into())?;
+        ctx(say(status, "U"), || "asking for id maps".into())?;
         let mut b = [0u8; 1];
         ctx(go.read_exact(&mut b), || "waiting for id maps".into())?;
         become_root(cfg.privileged)
@@ -363,7 +363,7 @@ fn child(
     match unsafe { fork() } {
         Err(e) => Err(format!("fork of init: {e}")),
         Ok(ForkResult::Parent { child }) => {
-            ctx(writeln!(status, "P {child}"), || {
+            ctx(say(status, &format!("P {child}")), || {
                 "reporting init pid".into()
             })?;
             Ok(())
@@ -373,11 +373,17 @@ fn child(
                 Ok(never) => match never {},
                 Err(e) => e,
             };
-            let _ = writeln!(status, "E {}", err.replace('\n', " "));
+            let _ = say(status, &format!("E {}", err.replace('\n', " ")));
             // SAFETY: see `launch`.
             unsafe { libc::_exit(1) }
         }
     }
+}
+
+/// Writes one status line with a single write(2): the child and the init share the pipe,
+/// and a line split over several writes could interleave with the other's.
+fn say(mut status: &fs::File, line: &str) -> std::io::Result<()> {
+    status.write_all(format!("{line}\n").as_bytes())
 }
 
 fn become_root(privileged: bool) -> Fallible<()> {
@@ -597,7 +603,7 @@ fn init(
     let filters = crate::seccomp::filters().map_err(|e| e.to_string())?;
     crate::seccomp::install(&filters).map_err(|e| e.to_string())?;
 
-    ctx(writeln!(status, "R"), || "reporting readiness".into())?;
+    ctx(say(status, "R"), || "reporting readiness".into())?;
     let prog = CString::new("/.sandpit/sandpit").map_err(|e| e.to_string())?;
     let args = [c"sandpit".to_owned(), c"agent".to_owned()];
     let env: Vec<CString> = [
