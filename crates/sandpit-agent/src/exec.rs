@@ -24,27 +24,33 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
 
 /// Forwards frames to the server; after the server went away, output is dropped but the
 /// command still runs to its end (a disconnect does not kill it).
-struct Sink<'a, W> {
+pub(crate) struct Sink<'a, W> {
     wr: &'a mut W,
     broken: Option<ProtoError>,
 }
 
+impl<'a, W> Sink<'a, W> {
+    pub(crate) fn new(wr: &'a mut W) -> Self {
+        Self { wr, broken: None }
+    }
+}
+
 impl<W: AsyncWrite + Unpin> Sink<'_, W> {
-    async fn data(&mut self, ch: Channel, data: &[u8]) {
+    pub(crate) async fn data(&mut self, ch: Channel, data: &[u8]) {
         if self.broken.is_none() {
             if let Err(e) = write_data(self.wr, ch, data).await {
                 self.broken = Some(e);
             }
         }
     }
-    async fn json(&mut self, reply: &Reply) {
+    pub(crate) async fn json(&mut self, reply: &Reply) {
         if self.broken.is_none() {
             if let Err(e) = write_json(self.wr, reply).await {
                 self.broken = Some(e);
             }
         }
     }
-    fn finish(self) -> Result<(), ProtoError> {
+    pub(crate) fn finish(self) -> Result<(), ProtoError> {
         self.broken.map_or(Ok(()), Err)
     }
 }
@@ -214,7 +220,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 /// One process as `/proc/<pid>/stat` describes it.
-struct ProcInfo {
+struct ProcStat {
     pid: i32,
     ppid: i32,
     pgrp: i32,
@@ -222,7 +228,7 @@ struct ProcInfo {
     zombie: bool,
 }
 
-fn processes() -> Vec<ProcInfo> {
+fn processes() -> Vec<ProcStat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -232,7 +238,7 @@ fn processes() -> Vec<ProcInfo> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let rest = stat.get(stat.rfind(')')? + 2..)?;
             let f: Vec<&str> = rest.split(' ').collect();
-            Some(ProcInfo {
+            Some(ProcStat {
                 pid,
                 ppid: f.get(1)?.parse().ok()?,
                 pgrp: f.get(2)?.parse().ok()?,
@@ -243,30 +249,75 @@ fn processes() -> Vec<ProcInfo> {
         .collect()
 }
 
-/// Kills `leader` and every process of its session or process group, and all their
-/// descendants, repeating until none is left (a forking tree can add members while we kill).
-pub fn kill_tree(leader: i32) {
-    let me = std::process::id() as i32;
-    for _ in 0..20 {
-        let procs = processes();
-        let mut doomed: HashSet<i32> = procs
-            .iter()
-            .filter(|p| !p.zombie && (p.pid == leader || p.session == leader || p.pgrp == leader))
-            .map(|p| p.pid)
-            .collect();
-        loop {
-            let before = doomed.len();
-            for p in &procs {
-                if !p.zombie && doomed.contains(&p.ppid) {
-                    doomed.insert(p.pid);
-                }
-            }
-            if doomed.len() == before {
-                break;
+/// `leader` and every live process of its session or process group, and all their
+/// descendants.
+fn tree(leader: i32, procs: &[ProcStat]) -> HashSet<i32> {
+    let mut members: HashSet<i32> = procs
+        .iter()
+        .filter(|p| !p.zombie && (p.pid == leader || p.session == leader || p.pgrp == leader))
+        .map(|p| p.pid)
+        .collect();
+    add_descendants(&mut members, procs);
+    members.remove(&(std::process::id() as i32));
+    members.remove(&1);
+    members
+}
+
+fn add_descendants(set: &mut HashSet<i32>, procs: &[ProcStat]) {
+    loop {
+        let before = set.len();
+        for p in procs {
+            if !p.zombie && set.contains(&p.ppid) {
+                set.insert(p.pid);
             }
         }
-        doomed.remove(&me);
+        if set.len() == before {
+            return;
+        }
+    }
+}
+
+/// The live descendants of `pid` (not `pid` itself).
+pub fn descendants(pid: i32) -> HashSet<i32> {
+    let procs = processes();
+    let mut set = HashSet::from([pid]);
+    add_descendants(&mut set, &procs);
+    set.remove(&pid);
+    set
+}
+
+/// Sends `sig` once to `leader`'s whole tree.
+pub fn signal_tree(leader: i32, sig: Signal) {
+    for pid in tree(leader, &processes()) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// Kills `pids` and their descendants, repeating until none is left (a forking tree can add
+/// members while we kill).
+pub fn kill_all(pids: &HashSet<i32>) {
+    let mut doomed = pids.clone();
+    for _ in 0..20 {
+        let procs = processes();
+        let live: HashSet<i32> = procs.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+        doomed.retain(|p| live.contains(p));
+        add_descendants(&mut doomed, &procs);
+        doomed.remove(&(std::process::id() as i32));
         doomed.remove(&1);
+        if doomed.is_empty() {
+            return;
+        }
+        for pid in &doomed {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Kills `leader` and its whole tree (see [`tree`]), repeating until none is left.
+pub fn kill_tree(leader: i32) {
+    for _ in 0..20 {
+        let doomed = tree(leader, &processes());
         if doomed.is_empty() {
             return;
         }

@@ -5,13 +5,18 @@
 
 mod exec;
 mod files;
+mod procs;
+mod pty;
 mod reaper;
+mod session;
 
 use std::os::fd::FromRawFd;
 
+use std::time::Duration;
+
 use sandpit_proto::{
-    read_all_data, read_frame, write_json, Channel, Frame, ProtoError, Reply, Request,
-    PROTOCOL_VERSION,
+    read_all_data, read_frame, write_all_data, write_json, AgentError, Channel, Frame, ProtoError,
+    Reply, Request, PROTOCOL_VERSION,
 };
 
 /// Largest standard input a command is given (the server's JSON body limit is lower).
@@ -56,12 +61,17 @@ pub fn main() -> i32 {
             }
         };
         let reaper = reaper::Reaper::start();
+        let state = State {
+            sessions: session::Sessions::new(reaper.clone()),
+            procs: procs::Procs::new(reaper.clone()),
+            reaper,
+        };
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let reaper = reaper.clone();
+                    let state = state.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, reaper).await {
+                        if let Err(e) = serve(stream, state).await {
                             eprintln!("sandpit agent: connection: {e}");
                         }
                     });
@@ -75,8 +85,28 @@ pub fn main() -> i32 {
     })
 }
 
+/// What lives in the agent for the sandbox's lifetime.
+#[derive(Clone)]
+struct State {
+    reaper: reaper::Reaper,
+    sessions: session::Sessions,
+    procs: procs::Procs,
+}
+
+fn reply<T>(r: Result<T, AgentError>, ok: impl FnOnce(T) -> Reply) -> Reply {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => Reply::Error(e),
+    }
+}
+
 /// Serves requests on one connection, one at a time, until the server closes it.
-async fn serve(stream: UnixStream, reaper: reaper::Reaper) -> Result<(), ProtoError> {
+async fn serve(stream: UnixStream, state: State) -> Result<(), ProtoError> {
+    let State {
+        reaper,
+        sessions,
+        procs,
+    } = &state;
     let (mut rd, mut wr) = stream.into_split();
     loop {
         let req: Request = match read_frame(&mut rd).await {
@@ -106,7 +136,86 @@ async fn serve(stream: UnixStream, reaper: reaper::Reaper) -> Result<(), ProtoEr
                 } else {
                     None
                 };
-                exec::run(spec, stdin, &reaper, &mut wr).await?
+                if spec.session.is_some() {
+                    sessions.exec(spec, stdin, &mut wr).await?
+                } else {
+                    exec::run(spec, stdin, reaper, &mut wr).await?
+                }
+            }
+            Request::Pty { spec, cols, rows } => {
+                pty::run(spec, cols, rows, reaper, &mut rd, &mut wr).await?
+            }
+            Request::SessionCreate(init) => {
+                let r = reply(sessions.create(init).await, Reply::Session);
+                write_json(&mut wr, &r).await?
+            }
+            Request::SessionList => {
+                let r = Reply::Sessions {
+                    sessions: sessions.list(),
+                };
+                write_json(&mut wr, &r).await?
+            }
+            Request::SessionGet { id } => {
+                write_json(&mut wr, &reply(sessions.info(&id), Reply::Session)).await?
+            }
+            Request::SessionDelete { id } => {
+                write_json(&mut wr, &reply(sessions.delete(&id), |()| Reply::Ok)).await?
+            }
+            Request::ProcStart { id, spec } => {
+                write_json(&mut wr, &reply(procs.start(id, spec), Reply::Process)).await?
+            }
+            Request::ProcList => {
+                let r = Reply::Processes {
+                    processes: procs.list(),
+                };
+                write_json(&mut wr, &r).await?
+            }
+            Request::ProcGet { id } => {
+                write_json(&mut wr, &reply(procs.info(&id), Reply::Process)).await?
+            }
+            Request::ProcLogs {
+                id,
+                stdout_offset,
+                stderr_offset,
+                max_bytes,
+            } => match procs.logs(&id, (stdout_offset, stderr_offset), max_bytes) {
+                Ok((info, out, err)) => {
+                    let r = Reply::Logs {
+                        stdout_offset: stdout_offset + out.len() as u64,
+                        stderr_offset: stderr_offset + err.len() as u64,
+                        running: info.running,
+                        exit_code: info.exit_code,
+                    };
+                    write_json(&mut wr, &r).await?;
+                    write_all_data(&mut wr, Channel::Stdout, &out).await?;
+                    write_all_data(&mut wr, Channel::Stderr, &err).await?
+                }
+                Err(e) => write_json(&mut wr, &Reply::Error(e)).await?,
+            },
+            Request::ProcStdin { id, eof } => {
+                let data = read_all_data(&mut rd, Channel::Input, MAX_STDIN).await?;
+                let r = reply(procs.write_stdin(&id, &data, eof).await, |()| Reply::Ok);
+                write_json(&mut wr, &r).await?
+            }
+            Request::ProcSignal { id, signal } => {
+                write_json(&mut wr, &reply(procs.signal(&id, signal), |()| Reply::Ok)).await?
+            }
+            Request::ProcWait { id, timeout_ms } => {
+                let r = procs.wait(&id, Duration::from_millis(timeout_ms)).await;
+                write_json(&mut wr, &reply(r, Reply::Process)).await?
+            }
+            Request::ProcWaitPort {
+                id,
+                port,
+                timeout_ms,
+            } => {
+                let r = procs
+                    .wait_port(&id, port, Duration::from_millis(timeout_ms))
+                    .await;
+                write_json(&mut wr, &reply(r, |()| Reply::Ok)).await?
+            }
+            Request::ProcRemove { id } => {
+                write_json(&mut wr, &reply(procs.remove(&id), |()| Reply::Ok)).await?
             }
 
             Request::ReadFile { path } => files::read(&path, &mut wr).await?,

@@ -31,7 +31,9 @@ impl From<CoreError> for ApiError {
         let code = e.code();
         let status = match code {
             "not_found" => StatusCode::NOT_FOUND,
-            "already_exists" | "not_empty" => StatusCode::CONFLICT,
+            "already_exists" | "not_empty" | "not_running" => StatusCode::CONFLICT,
+            "timeout" => StatusCode::REQUEST_TIMEOUT,
+
             "permission_denied" => StatusCode::FORBIDDEN,
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "no_space" => StatusCode::INSUFFICIENT_STORAGE,

@@ -62,6 +62,43 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/files/stat", get(routes::files::stat))
         .route("/v1/sandboxes/{id}/files/mkdir", post(routes::files::mkdir))
         .route("/v1/sandboxes/{id}/files/move", post(routes::files::rename))
+        .route(
+            "/v1/sandboxes/{id}/sessions",
+            post(routes::sessions::create).get(routes::sessions::list),
+        )
+        .route(
+            "/v1/sandboxes/{id}/sessions/{sid}",
+            get(routes::sessions::get).delete(routes::sessions::delete),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes",
+            post(routes::processes::start).get(routes::processes::list),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}",
+            get(routes::processes::get).delete(routes::processes::remove),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/logs",
+            get(routes::processes::logs),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/stdin",
+            post(routes::processes::stdin),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/signal",
+            post(routes::processes::signal),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/wait",
+            post(routes::processes::wait),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/wait-port",
+            post(routes::processes::wait_port),
+        )
+        .route("/v1/sandboxes/{id}/pty", get(routes::pty::open))
         .route("/metrics", get(routes::ops::metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files)

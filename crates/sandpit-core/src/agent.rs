@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sandpit_proto::{
-    read_frame, read_json, write_all_data, write_data, write_end, write_json, Channel, ExecSpec,
-    Frame, ProtoError, Reply, Request, PROTOCOL_VERSION,
+    read_all_data, read_frame, read_json, write_all_data, write_data, write_end, write_json,
+    Channel, ExecSpec, Frame, ProtoError, Reply, Request, PROTOCOL_VERSION,
 };
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -302,4 +302,164 @@ impl AgentClient {
 
 fn unexpected(id: &str, reply: Result<Reply, ProtoError>) -> CoreError {
     CoreError::unavailable(id, format!("unexpected agent reply: {reply:?}"))
+}
+
+/// What the agent says about a process's logs, with the bytes read.
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_offset: u64,
+    pub stderr_offset: u64,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+}
+
+/// One step of a terminal.
+#[derive(Debug)]
+pub enum PtyEvent {
+    Output(Bytes),
+    Exited(i32),
+}
+
+/// The sending half of a terminal connection.
+pub struct PtyInput {
+    conn: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// The receiving half of a terminal connection.
+pub struct PtyOutput {
+    conn: tokio::net::unix::OwnedReadHalf,
+}
+
+impl PtyInput {
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), CoreError> {
+        for part in data.chunks(sandpit_proto::CHUNK) {
+            write_data(&mut self.conn, Channel::Input, part)
+                .await
+                .map_err(|e| CoreError::Internal(format!("terminal: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), CoreError> {
+        write_json(&mut self.conn, &Request::PtyResize { cols, rows })
+            .await
+            .map_err(|e| CoreError::Internal(format!("terminal: {e}")))
+    }
+}
+
+impl PtyOutput {
+    /// The next output chunk or the exit; `None` when the connection ended without one.
+    pub async fn next(&mut self) -> Option<PtyEvent> {
+        loop {
+            match read_frame(&mut self.conn).await.ok()? {
+                Frame::Data(_, d) => return Some(PtyEvent::Output(Bytes::from(d))),
+                Frame::Json(body) => match sandpit_proto::decode::<Reply>(&body).ok()? {
+                    Reply::Exited(st) => return Some(PtyEvent::Exited(st.exit_code)),
+                    _ => return None,
+                },
+                Frame::End(_) => continue,
+            }
+        }
+    }
+}
+
+impl AgentClient {
+    /// Reads a process's logs from the given offsets.
+    pub async fn proc_logs(
+        &self,
+        id: &str,
+        offsets: (u64, u64),
+        max_bytes: u64,
+    ) -> Result<LogChunk, CoreError> {
+        let req = Request::ProcLogs {
+            id: id.to_string(),
+            stdout_offset: offsets.0,
+            stderr_offset: offsets.1,
+            max_bytes,
+        };
+        let mut conn = self.send(&req).await?;
+        let reply: Reply = match read_json(&mut conn).await {
+            Ok(r) => r,
+            Err(_) => {
+                conn = self.connect().await?;
+                write_json(&mut conn, &req)
+                    .await
+                    .map_err(|e| self.broken(e))?;
+                read_json(&mut conn).await.map_err(|e| self.broken(e))?
+            }
+        };
+        let (stdout_offset, stderr_offset, running, exit_code) = match reply {
+            Reply::Logs {
+                stdout_offset,
+                stderr_offset,
+                running,
+                exit_code,
+            } => (stdout_offset, stderr_offset, running, exit_code),
+            Reply::Error(e) => {
+                self.give_back(conn);
+                return Err(CoreError::Agent(e));
+            }
+            other => return Err(unexpected(&self.id, Ok(other))),
+        };
+        let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        let stdout = read_all_data(&mut conn, Channel::Stdout, max)
+            .await
+            .map_err(|e| self.broken(e))?;
+        let stderr = read_all_data(&mut conn, Channel::Stderr, max)
+            .await
+            .map_err(|e| self.broken(e))?;
+        self.give_back(conn);
+        Ok(LogChunk {
+            stdout,
+            stderr,
+            stdout_offset,
+            stderr_offset,
+            running,
+            exit_code,
+        })
+    }
+
+    /// Writes to a process's stdin.
+    pub async fn proc_stdin(&self, id: &str, data: &[u8], eof: bool) -> Result<(), CoreError> {
+        let req = Request::ProcStdin {
+            id: id.to_string(),
+            eof,
+        };
+        let mut conn = self.send(&req).await?;
+        write_all_data(&mut conn, Channel::Input, data)
+            .await
+            .map_err(|e| self.broken(e))?;
+        let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
+        self.give_back(conn);
+        match reply {
+            Reply::Ok => Ok(()),
+            Reply::Error(e) => Err(CoreError::Agent(e)),
+            other => Err(unexpected(&self.id, Ok(other))),
+        }
+    }
+
+    /// Starts a program on a terminal; the connection is the terminal's from then on.
+    pub async fn pty(
+        &self,
+        spec: ExecSpec,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(PtyInput, PtyOutput), CoreError> {
+        let mut conn = self.connect().await?;
+        write_json(&mut conn, &Request::Pty { spec, cols, rows })
+            .await
+            .map_err(|e| self.broken(e))?;
+        match read_json::<_, Reply>(&mut conn)
+            .await
+            .map_err(|e| self.broken(e))?
+        {
+            Reply::Started { .. } => {}
+            Reply::Error(e) => return Err(CoreError::Agent(e)),
+            other => return Err(unexpected(&self.id, Ok(other))),
+        }
+        let (rd, wr) = conn.into_split();
+        Ok((PtyInput { conn: wr }, PtyOutput { conn: rd }))
+    }
 }

@@ -43,6 +43,9 @@ impl CoreError {
                 ErrorCode::InvalidPath => "invalid_path",
                 ErrorCode::NoSpace => "no_space",
                 ErrorCode::BadRequest => "bad_request",
+                ErrorCode::NotRunning => "not_running",
+                ErrorCode::Timeout => "timeout",
+
                 ErrorCode::Internal => "internal",
             },
             Self::Unavailable { .. } => "sandbox_unavailable",

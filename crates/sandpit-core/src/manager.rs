@@ -9,14 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use rand::Rng;
-use sandpit_proto::{ExecSpec, Reply, Request};
+use sandpit_proto::{ExecSpec, Reply, Request, SessionInit};
 use sandpit_runtime::{LaunchSpec, Limits, Runtime};
 use tokio::sync::mpsc;
 
-use crate::agent::{AgentClient, ByteStream};
+use crate::agent::{AgentClient, ByteStream, LogChunk, PtyInput, PtyOutput};
 use crate::model::{
-    now_ms, CreateSandbox, Entry, ExecEvent, ExecRequest, ExecResult, Record, Sandbox, Status,
-    UpdateSandbox,
+    now_ms, CreateSandbox, CreateSession, Entry, ExecEvent, ExecRequest, ExecResult, Process,
+    Record, Sandbox, Session, StartProcess, Status, UpdateSandbox,
 };
 use crate::store::Store;
 use crate::CoreError;
@@ -93,6 +93,58 @@ pub struct SandboxManager {
     shell: &'static str,
 }
 
+/// The session that commands naming no other run in, created on first use.
+pub const DEFAULT_SESSION: &str = "default";
+
+/// The argv of a request: shell text run by the shell, or an argv as given.
+fn argv_of(
+    shell: &str,
+    command: Option<String>,
+    argv: Option<Vec<String>>,
+) -> Result<Vec<String>, CoreError> {
+    let argv = match (command, argv) {
+        (Some(cmd), None) => {
+            if cmd.trim().is_empty() {
+                return Err(CoreError::BadRequest("command is empty".into()));
+            }
+            vec![shell.to_string(), "-c".to_string(), cmd]
+        }
+        (None, Some(argv)) if !argv.is_empty() => argv,
+        (None, Some(_)) => return Err(CoreError::BadRequest("argv is empty".into())),
+        (Some(_), Some(_)) => {
+            return Err(CoreError::BadRequest(
+                "give either command or argv, not both".into(),
+            ))
+        }
+        (None, None) => return Err(CoreError::BadRequest("command or argv is required".into())),
+    };
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(CoreError::BadRequest("argv contains a NUL byte".into()));
+    }
+    Ok(argv)
+}
+
+fn absolute(path: String) -> Result<String, CoreError> {
+    if !path.starts_with('/') {
+        return Err(CoreError::Agent(sandpit_proto::AgentError::new(
+            sandpit_proto::ErrorCode::InvalidPath,
+            format!("cwd '{path}' must be an absolute path"),
+        )));
+    }
+    Ok(path)
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), CoreError> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(CoreError::BadRequest(format!(
+                "invalid environment variable '{k}'"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a client-chosen sandbox id.
 pub fn valid_id(id: &str) -> bool {
     (1..=63).contains(&id.len())
@@ -102,12 +154,27 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 fn generate_id() -> String {
+    random_id("sb-", 12)
+}
+
+fn random_id(prefix: &str, len: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let tail: String = (0..12)
+    let tail: String = (0..len)
         .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
         .collect();
-    format!("sb-{tail}")
+    format!("{prefix}{tail}")
+}
+
+/// A client-chosen id of a session or process, or a generated one.
+fn child_id(kind: &str, id: Option<String>, prefix: &str) -> Result<String, CoreError> {
+    match id {
+        Some(id) if valid_id(&id) => Ok(id),
+        Some(id) => Err(CoreError::BadRequest(format!(
+            "invalid {kind} id '{id}': use 1-63 characters of A-Z, a-z, 0-9, '_' and '-'"
+        ))),
+        None => Ok(random_id(prefix, 8)),
+    }
 }
 
 impl SandboxManager {
@@ -480,40 +547,8 @@ impl SandboxManager {
         Ok(h)
     }
 
-    fn exec_spec(&self, h: &Handle, req: ExecRequest) -> Result<ExecSpec, CoreError> {
-        if req.session.is_some() {
-            return Err(CoreError::BadRequest(
-                "sessions are not supported yet".into(),
-            ));
-        }
-        let argv = match (req.command, req.argv) {
-            (Some(cmd), None) => {
-                if cmd.trim().is_empty() {
-                    return Err(CoreError::BadRequest("command is empty".into()));
-                }
-                vec![self.shell.to_string(), "-c".to_string(), cmd]
-            }
-            (None, Some(argv)) if !argv.is_empty() => argv,
-            (None, Some(_)) => return Err(CoreError::BadRequest("argv is empty".into())),
-            (Some(_), Some(_)) => {
-                return Err(CoreError::BadRequest(
-                    "give either command or argv, not both".into(),
-                ))
-            }
-            (None, None) => {
-                return Err(CoreError::BadRequest("command or argv is required".into()))
-            }
-        };
-        if argv.iter().any(|a| a.contains('\0')) {
-            return Err(CoreError::BadRequest("argv contains a NUL byte".into()));
-        }
-        let cwd = req.cwd.unwrap_or_else(|| "/workspace".to_string());
-        if !cwd.starts_with('/') {
-            return Err(CoreError::Agent(sandpit_proto::AgentError::new(
-                sandpit_proto::ErrorCode::InvalidPath,
-                format!("cwd '{cwd}' must be an absolute path"),
-            )));
-        }
+    /// The environment every command starts from: the base, then the sandbox's own.
+    fn base_env(&self, h: &Handle) -> BTreeMap<String, String> {
         let r = h.record();
         let mut env: BTreeMap<String, String> = [
             (
@@ -531,21 +566,45 @@ impl SandboxManager {
         .collect();
         env.insert("HOSTNAME".into(), r.id.clone());
         env.extend(r.env.clone());
-        for (k, v) in req.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return Err(CoreError::BadRequest(format!(
-                    "invalid environment variable '{k}'"
-                )));
+        env
+    }
+
+    fn exec_spec(&self, h: &Handle, req: ExecRequest) -> Result<ExecSpec, CoreError> {
+        let argv = argv_of(self.shell, req.command, req.argv)?;
+        let cwd = match (&req.session, req.cwd) {
+            // In a session, no cwd means the session's own current directory.
+            (Some(_), None) => String::new(),
+            (_, cwd) => absolute(cwd.unwrap_or_else(|| "/workspace".to_string()))?,
+        };
+        check_env(&req.env)?;
+        let (env, session_init) = match &req.session {
+            Some(name) => {
+                if !valid_id(name) {
+                    return Err(CoreError::BadRequest(format!(
+                        "invalid session id '{name}'"
+                    )));
+                }
+                let init = (name == DEFAULT_SESSION).then(|| SessionInit {
+                    id: name.clone(),
+                    cwd: "/workspace".into(),
+                    env: self.base_env(h),
+                });
+                (req.env, init)
             }
-            env.insert(k, v);
-        }
+            None => {
+                let mut env = self.base_env(h);
+                env.extend(req.env);
+                (env, None)
+            }
+        };
         Ok(ExecSpec {
             argv,
             env,
             cwd,
             has_stdin: req.stdin.is_some(),
-
             timeout_ms: Some(req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms)),
+            session: req.session,
+            session_init,
         })
     }
 
@@ -672,6 +731,186 @@ impl SandboxManager {
         )
         .await
         .map(drop)
+    }
+}
+
+impl SandboxManager {
+    pub async fn create_session(&self, id: &str, req: CreateSession) -> Result<Session, CoreError> {
+        let h = self.handle(id)?;
+        check_env(&req.env)?;
+        let mut env = self.base_env(&h);
+        env.extend(req.env);
+        let init = SessionInit {
+            id: child_id("session", req.id, "s-")?,
+            cwd: absolute(req.cwd.unwrap_or_else(|| "/workspace".into()))?,
+            env,
+        };
+        match self.call(id, Request::SessionCreate(init)).await? {
+            Reply::Session(s) => Ok(s.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn list_sessions(&self, id: &str) -> Result<Vec<Session>, CoreError> {
+        match self.call(id, Request::SessionList).await? {
+            Reply::Sessions { sessions } => Ok(sessions.into_iter().map(Into::into).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get_session(&self, id: &str, sid: &str) -> Result<Session, CoreError> {
+        match self
+            .call(id, Request::SessionGet { id: sid.into() })
+            .await?
+        {
+            Reply::Session(s) => Ok(s.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_session(&self, id: &str, sid: &str) -> Result<(), CoreError> {
+        self.call(id, Request::SessionDelete { id: sid.into() })
+            .await
+            .map(drop)
+    }
+
+    pub async fn start_process(&self, id: &str, req: StartProcess) -> Result<Process, CoreError> {
+        let h = self.handle(id)?;
+        check_env(&req.env)?;
+        let mut env = self.base_env(&h);
+        env.extend(req.env);
+        let spec = ExecSpec {
+            argv: argv_of(self.shell, req.command, req.argv)?,
+            env,
+            cwd: absolute(req.cwd.unwrap_or_else(|| "/workspace".into()))?,
+            ..ExecSpec::default()
+        };
+        let pid = child_id("process", req.id, "p-")?;
+        process(self.call(id, Request::ProcStart { id: pid, spec }).await?)
+    }
+
+    pub async fn list_processes(&self, id: &str) -> Result<Vec<Process>, CoreError> {
+        match self.call(id, Request::ProcList).await? {
+            Reply::Processes { processes } => Ok(processes.into_iter().map(Into::into).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get_process(&self, id: &str, pid: &str) -> Result<Process, CoreError> {
+        process(self.call(id, Request::ProcGet { id: pid.into() }).await?)
+    }
+
+    pub async fn process_logs(
+        &self,
+        id: &str,
+        pid: &str,
+        offsets: (u64, u64),
+        max_bytes: u64,
+    ) -> Result<LogChunk, CoreError> {
+        self.ready(id)
+            .await?
+            .agent
+            .proc_logs(pid, offsets, max_bytes)
+            .await
+    }
+
+    pub async fn process_stdin(
+        &self,
+        id: &str,
+        pid: &str,
+        data: &[u8],
+        eof: bool,
+    ) -> Result<(), CoreError> {
+        self.ready(id).await?.agent.proc_stdin(pid, data, eof).await
+    }
+
+    pub async fn signal_process(&self, id: &str, pid: &str, signal: i32) -> Result<(), CoreError> {
+        self.call(
+            id,
+            Request::ProcSignal {
+                id: pid.into(),
+                signal,
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn wait_process(
+        &self,
+        id: &str,
+        pid: &str,
+        timeout_ms: u64,
+    ) -> Result<Process, CoreError> {
+        let h = self.ready(id).await?;
+        let _busy = BusyGuard::new(&h.busy);
+        process(
+            h.agent
+                .call(&Request::ProcWait {
+                    id: pid.into(),
+                    timeout_ms,
+                })
+                .await?,
+        )
+    }
+
+    pub async fn wait_port(
+        &self,
+        id: &str,
+        pid: &str,
+        port: u16,
+        timeout_ms: u64,
+    ) -> Result<(), CoreError> {
+        let h = self.ready(id).await?;
+        let _busy = BusyGuard::new(&h.busy);
+        h.agent
+            .call(&Request::ProcWaitPort {
+                id: pid.into(),
+                port,
+                timeout_ms,
+            })
+            .await
+            .map(drop)
+    }
+
+    pub async fn remove_process(&self, id: &str, pid: &str) -> Result<(), CoreError> {
+        self.call(id, Request::ProcRemove { id: pid.into() })
+            .await
+            .map(drop)
+    }
+
+    /// Opens a terminal running `command` (bash when absent) in the sandbox.
+    pub async fn pty(
+        &self,
+        id: &str,
+        command: Option<String>,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(PtyInput, PtyOutput, BusyGuard), CoreError> {
+        let h = self.ready(id).await?;
+        let argv = match command {
+            Some(c) => argv_of(self.shell, Some(c), None)?,
+            None => vec![self.shell.to_string(), "-l".to_string()],
+        };
+        let spec = ExecSpec {
+            argv,
+            env: self.base_env(&h),
+            cwd: "/workspace".into(),
+            ..ExecSpec::default()
+        };
+        let (input, output) = h.agent.pty(spec, cols, rows).await?;
+        Ok((input, output, BusyGuard::new(&h.busy)))
+    }
+}
+
+fn unexpected(reply: Reply) -> CoreError {
+    CoreError::Internal(format!("unexpected agent reply {reply:?}"))
+}
+
+fn process(reply: Reply) -> Result<Process, CoreError> {
+    match reply {
+        Reply::Process(p) => Ok(p.into()),
+        other => Err(unexpected(other)),
     }
 }
 

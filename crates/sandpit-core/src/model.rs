@@ -192,3 +192,71 @@ mod tests {
         assert_eq!(r.expires_at(), Some(6000));
     }
 }
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub id: Option<String>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartProcess {
+    pub id: Option<String>,
+    pub command: Option<String>,
+    pub argv: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A session as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub id: String,
+    pub cwd: String,
+    pub pid: i32,
+    pub created_at: String,
+}
+
+impl From<sandpit_proto::SessionInfo> for Session {
+    fn from(s: sandpit_proto::SessionInfo) -> Self {
+        Self {
+            id: s.id,
+            cwd: s.cwd,
+            pid: s.pid,
+            created_at: rfc3339(s.created_at),
+        }
+    }
+}
+
+/// A background process as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Process {
+    pub id: String,
+    pub pid: i32,
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub status: &'static str,
+    pub exit_code: Option<i32>,
+    pub started_at: String,
+    pub exited_at: Option<String>,
+}
+
+impl From<sandpit_proto::ProcInfo> for Process {
+    fn from(p: sandpit_proto::ProcInfo) -> Self {
+        Self {
+            id: p.id,
+            pid: p.pid,
+            command: p.command,
+            cwd: p.cwd,
+            status: if p.running { "running" } else { "exited" },
+            exit_code: p.exit_code,
+            started_at: rfc3339(p.started_at),
+            exited_at: p.exited_at.map(rfc3339),
+        }
+    }
+}

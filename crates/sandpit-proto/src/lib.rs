@@ -80,6 +80,102 @@ pub enum Request {
         from: String,
         to: String,
     },
+    /// Starts a long-lived shell; answered by `Reply::Session`.
+    SessionCreate(SessionInit),
+    SessionList,
+    SessionGet {
+        id: String,
+    },
+    /// Kills the shell and everything it started.
+    SessionDelete {
+        id: String,
+    },
+    /// Starts a background process (argv, env, cwd of the spec); answered by `Reply::Process`.
+    ProcStart {
+        id: String,
+        spec: ExecSpec,
+    },
+    ProcList,
+    ProcGet {
+        id: String,
+    },
+    /// Answered by `Reply::Logs`, then the stdout bytes as data frames on `Stdout`, an end
+    /// frame, the stderr bytes on `Stderr`, an end frame.
+    ProcLogs {
+        id: String,
+        stdout_offset: u64,
+        stderr_offset: u64,
+        max_bytes: u64,
+    },
+    /// Followed by the input as data frames and an end frame; `eof` closes stdin after it.
+    ProcStdin {
+        id: String,
+        eof: bool,
+    },
+    /// Sends `signal` to the process's whole tree.
+    ProcSignal {
+        id: String,
+        signal: i32,
+    },
+    /// Waits for the process to exit, at most `timeout_ms`; answered by `Reply::Process`.
+    ProcWait {
+        id: String,
+        timeout_ms: u64,
+    },
+    /// Waits until a TCP port inside the sandbox accepts connections.
+    ProcWaitPort {
+        id: String,
+        port: u16,
+        timeout_ms: u64,
+    },
+    /// Kills the process's tree and forgets it and its logs.
+    ProcRemove {
+        id: String,
+    },
+    /// Starts a program on a new terminal; answered by `Started`, then the connection carries
+    /// the terminal both ways (input as data frames on `Input`, resizes as `PtyResize`) until
+    /// `Exited`.
+    Pty {
+        spec: ExecSpec,
+        cols: u16,
+        rows: u16,
+    },
+    PtyResize {
+        cols: u16,
+        rows: u16,
+    },
+}
+
+/// How a session's shell starts (and restarts).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionInit {
+    pub id: String,
+    pub cwd: String,
+    /// The shell's whole environment.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionInfo {
+    pub id: String,
+    /// The shell's current directory.
+    pub cwd: String,
+    pub pid: i32,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcInfo {
+    pub id: String,
+    pub pid: i32,
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    /// Milliseconds since the epoch.
+    pub started_at: i64,
+    pub exited_at: Option<i64>,
 }
 
 /// A command to run.
@@ -98,6 +194,12 @@ pub struct ExecSpec {
     /// Kill the command's whole process tree after this long.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Run in this session's shell; `env` then holds only the command's own variables.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Creates the session if it does not exist (used for the lazy `default` session).
+    #[serde(default)]
+    pub session_init: Option<SessionInit>,
 }
 
 /// What the agent answers.
@@ -122,6 +224,21 @@ pub enum Reply {
         entries: Vec<Entry>,
     },
     Entry(Entry),
+    Session(SessionInfo),
+    Sessions {
+        sessions: Vec<SessionInfo>,
+    },
+    Process(ProcInfo),
+    Processes {
+        processes: Vec<ProcInfo>,
+    },
+    /// Log bytes follow as data frames; the offsets are where the next read resumes.
+    Logs {
+        stdout_offset: u64,
+        stderr_offset: u64,
+        running: bool,
+        exit_code: Option<i32>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -174,6 +291,8 @@ pub enum ErrorCode {
     InvalidPath,
     NoSpace,
     BadRequest,
+    NotRunning,
+    Timeout,
     Internal,
 }
 

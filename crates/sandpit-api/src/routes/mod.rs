@@ -3,4 +3,7 @@
 pub mod exec;
 pub mod files;
 pub mod ops;
+pub mod processes;
+pub mod pty;
 pub mod sandboxes;
+pub mod sessions;
