@@ -407,3 +407,48 @@ fn sse_reports_timeouts() {
     assert_eq!(last.name, "exit", "{events:?}");
     assert_eq!(last.data["timed_out"], true, "{events:?}");
 }
+
+/// A client that leaves mid-command does not kill it, unless it asked for that with
+/// `kill_on_disconnect` (buffered or streamed).
+#[test]
+fn disconnect_kills_only_when_asked() {
+    let server = Server::start();
+    let id = server.new_sandbox();
+    let leave = |body: serde_json::Value, sse: bool| {
+        let mut rb = server
+            .req(Method::POST, &format!("/v1/sandboxes/{id}/exec"))
+            .json(&body)
+            .timeout(std::time::Duration::from_millis(800));
+        if sse {
+            rb = rb.header("Accept", "text/event-stream");
+        }
+        // The answer (or the stream's end) never comes in time: the client gives up.
+        let r = rb.send().and_then(|r| r.bytes());
+        assert!(r.is_err(), "the command should still be running: {r:?}");
+    };
+    leave(
+        json!({"command": "sleep 771", "kill_on_disconnect": true}),
+        true,
+    );
+    leave(
+        json!({"command": "sleep 772", "kill_on_disconnect": true}),
+        false,
+    );
+    leave(json!({"command": "sleep 773"}), true);
+    leave(json!({"command": "sleep 774"}), false);
+    let mut running = Vec::new();
+    for _ in 0..100 {
+        running = server
+            .processes(&id)
+            .into_iter()
+            .map(|p| p.cmdline)
+            .filter(|c| c.starts_with("sleep 77"))
+            .collect();
+        if running.len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    running.sort();
+    assert_eq!(running, vec!["sleep 773", "sleep 774"]);
+}

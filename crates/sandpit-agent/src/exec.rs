@@ -55,11 +55,11 @@ impl<W: AsyncWrite + Unpin> Sink<'_, W> {
     }
 }
 
-pub async fn run<W: AsyncWrite + Unpin>(
+pub async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     spec: ExecSpec,
     stdin: Option<Vec<u8>>,
     reaper: &Reaper,
-
+    rd: &mut R,
     wr: &mut W,
 ) -> Result<(), ProtoError> {
     let mut sink = Sink { wr, broken: None };
@@ -154,6 +154,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
     let mut exit_code: Option<i32> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
     let mut timed_out = false;
+    let mut hung_up = false;
+    let mut probe = [0u8; 1];
+
     let mut out_buf = vec![0u8; 64 * 1024];
     let mut err_buf = vec![0u8; 64 * 1024];
     loop {
@@ -180,6 +183,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 kill_tree(pid);
             }
             _ = sleep_until(drain_until) => break,
+            // The server sends nothing more during an exec: a read that ends means it hung up.
+            _ = rd.read(&mut probe), if spec.kill_on_disconnect && !hung_up && exit_code.is_none() => {
+                hung_up = true;
+                kill_tree(pid);
+            }
+
         }
     }
     if timed_out {

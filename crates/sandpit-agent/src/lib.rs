@@ -139,7 +139,7 @@ async fn serve(stream: UnixStream, state: State) -> Result<(), ProtoError> {
                 if spec.session.is_some() {
                     sessions.exec(spec, stdin, &mut wr).await?
                 } else {
-                    exec::run(spec, stdin, reaper, &mut wr).await?
+                    exec::run(spec, stdin, reaper, &mut rd, &mut wr).await?
                 }
             }
             Request::Pty { spec, cols, rows } => {

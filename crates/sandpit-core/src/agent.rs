@@ -139,7 +139,9 @@ impl AgentClient {
             has_stdin: stdin.is_some(),
             ..spec
         };
+        let kill_on_disconnect = spec.kill_on_disconnect;
         let req = Request::Exec(spec);
+
         let send_stdin = |mut conn: UnixStream| {
             let stdin = stdin.clone();
             async move {
@@ -183,7 +185,12 @@ impl AgentClient {
         tokio::spawn(async move {
             let _guard = guard;
             loop {
-                let event = match read_frame(&mut conn).await {
+                let frame = tokio::select! {
+                    f = read_frame(&mut conn) => f,
+                    // The client left and asked for its command to die with it.
+                    _ = tx.closed(), if kill_on_disconnect => return,
+                };
+                let event = match frame {
                     Ok(Frame::Data(Channel::Stdout, d)) => ExecEvent::Stdout(Bytes::from(d)),
                     Ok(Frame::Data(Channel::Stderr, d)) => ExecEvent::Stderr(Bytes::from(d)),
                     Ok(Frame::Json(body)) => match sandpit_proto::decode::<Reply>(&body) {
@@ -208,8 +215,12 @@ impl AgentClient {
                         return;
                     }
                 };
-                // A client that went away does not stop the command: keep reading to its end.
-                let _ = tx.send(Ok(event)).await;
+                // A client that went away does not stop the command (it keeps running and
+                // we keep reading to its end) unless it asked for that: then hanging up on
+                // the agent kills it.
+                if tx.send(Ok(event)).await.is_err() && kill_on_disconnect {
+                    return;
+                }
             }
         });
         Ok(rx)

@@ -605,6 +605,7 @@ impl SandboxManager {
             timeout_ms: Some(req.timeout_ms.unwrap_or(self.cfg.default_timeout_ms)),
             session: req.session,
             session_init,
+            kill_on_disconnect: req.kill_on_disconnect,
         })
     }
 

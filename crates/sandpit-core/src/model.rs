@@ -127,8 +127,11 @@ pub struct ExecRequest {
     pub env: BTreeMap<String, String>,
     pub stdin: Option<String>,
     pub timeout_ms: Option<u64>,
-    /// Reserved for sessions (a later capability); refused until then.
+    /// Run in this session's shell (see the sessions API).
     pub session: Option<String>,
+    /// Kill the command when the client disconnects before it ends (default: it runs on).
+    #[serde(default)]
+    pub kill_on_disconnect: bool,
 }
 
 /// One step of a running command.

@@ -200,6 +200,9 @@ pub struct ExecSpec {
     /// Creates the session if it does not exist (used for the lazy `default` session).
     #[serde(default)]
     pub session_init: Option<SessionInit>,
+    /// Kill the command's tree when the server hangs up on the exec (its client left).
+    #[serde(default)]
+    pub kill_on_disconnect: bool,
 }
 
 /// What the agent answers.
