@@ -854,3 +854,126 @@ pub fn run_binary(args: &[&str], timeout: Duration) -> Option<(std::process::Exi
     let _ = out.reopen().and_then(|mut f| f.read_to_string(&mut text));
     status.map(|s| (s, text))
 }
+
+// ---- Server-Sent Events ----
+
+/// One Server-Sent Event: its name, its JSON data, and when it arrived.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub name: String,
+    pub data: Value,
+    pub at: Instant,
+}
+
+/// A `text/event-stream` answer, read event by event as the server sends them.
+pub struct SseStream {
+    lines: std::io::Lines<std::io::BufReader<reqwest::blocking::Response>>,
+}
+
+impl SseStream {
+    /// Sends `rb` with `Accept: text/event-stream`; asserts 200 and the content type.
+    #[track_caller]
+    pub fn open(rb: RequestBuilder) -> SseStream {
+        let resp = rb
+            .header("Accept", "text/event-stream")
+            .send()
+            .unwrap_or_else(|e| panic!("SSE request failed: {e:?}"));
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if status != 200 {
+            let body = resp.text().unwrap_or_default();
+            panic!("SSE request answered {status}: {body}");
+        }
+        assert!(ct.starts_with("text/event-stream"), "content-type {ct:?}");
+        SseStream {
+            lines: std::io::BufRead::lines(std::io::BufReader::new(resp)),
+        }
+    }
+
+    /// The next event, waiting for it; `None` once the server ended the stream.
+    #[track_caller]
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        let (mut name, mut data) = (String::new(), String::new());
+        loop {
+            let line = match self.lines.next() {
+                Some(line) => line.unwrap_or_else(|e| panic!("reading SSE stream: {e}")),
+                // End of stream; an event not terminated by a blank line is dropped.
+                None => return None,
+            };
+            if line.is_empty() {
+                if data.is_empty() && name.is_empty() {
+                    continue;
+                }
+                let data = serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {data:?}"));
+                return Some(SseEvent {
+                    name,
+                    data,
+                    at: Instant::now(),
+                });
+            } else if let Some(v) = line.strip_prefix("event:") {
+                name = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+            // `id:`, `retry:` and `:` comment lines carry nothing we check.
+        }
+    }
+
+    /// Every remaining event, until the server ends the stream.
+    #[track_caller]
+    pub fn collect_all(mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        while let Some(e) = self.next_event() {
+            events.push(e);
+        }
+        events
+    }
+}
+
+/// Polls (up to 10 s) until no process in the sandbox has one of these exact command
+/// lines; panics with what is left otherwise.
+#[track_caller]
+pub fn assert_processes_gone(server: &Server, id: &str, cmdlines: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<Proc> = server
+            .processes(id)
+            .into_iter()
+            .filter(|p| cmdlines.contains(&p.cmdline.as_str()))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes still running in {id} after 10 s: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls (up to 10 s) until no process with this pid exists in the sandbox.
+#[track_caller]
+pub fn assert_pid_gone(server: &Server, id: &str, pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let procs = server.processes(id);
+        match procs.iter().find(|p| p.pid == pid) {
+            None => return,
+            Some(p) => assert!(
+                Instant::now() < deadline,
+                "pid {pid} still running in {id} after 10 s: {p:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

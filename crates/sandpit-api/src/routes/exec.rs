@@ -45,7 +45,7 @@ pub async fn exec(
         Ok::<_, Infallible>(event)
     });
     Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
         .into_response())
 }
 
