@@ -10,6 +10,8 @@ pub enum CoreError {
     AlreadyExists(String),
     #[error("invalid sandbox id '{0}': use 1-63 characters of A-Z, a-z, 0-9, '_' and '-'")]
     InvalidId(String),
+    #[error("invalid {kind} id '{id}': use 1-63 characters of A-Z, a-z, 0-9, '_' and '-'")]
+    InvalidChildId { kind: &'static str, id: String },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -30,7 +32,8 @@ impl CoreError {
         match self {
             Self::NotFound(_) => "not_found",
             Self::AlreadyExists(_) => "already_exists",
-            Self::InvalidId(_) => "invalid_id",
+            Self::InvalidId(_) | Self::InvalidChildId { .. } => "invalid_id",
+
             Self::BadRequest(_) => "bad_request",
             Self::TooLarge(_) => "payload_too_large",
             Self::Agent(e) => match e.code {

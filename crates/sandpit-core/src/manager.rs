@@ -167,12 +167,10 @@ fn random_id(prefix: &str, len: usize) -> String {
 }
 
 /// A client-chosen id of a session or process, or a generated one.
-fn child_id(kind: &str, id: Option<String>, prefix: &str) -> Result<String, CoreError> {
+fn child_id(kind: &'static str, id: Option<String>, prefix: &str) -> Result<String, CoreError> {
     match id {
         Some(id) if valid_id(&id) => Ok(id),
-        Some(id) => Err(CoreError::BadRequest(format!(
-            "invalid {kind} id '{id}': use 1-63 characters of A-Z, a-z, 0-9, '_' and '-'"
-        ))),
+        Some(id) => Err(CoreError::InvalidChildId { kind, id }),
         None => Ok(random_id(prefix, 8)),
     }
 }
@@ -580,9 +578,10 @@ impl SandboxManager {
         let (env, session_init) = match &req.session {
             Some(name) => {
                 if !valid_id(name) {
-                    return Err(CoreError::BadRequest(format!(
-                        "invalid session id '{name}'"
-                    )));
+                    return Err(CoreError::InvalidChildId {
+                        kind: "session",
+                        id: name.clone(),
+                    });
                 }
                 let init = (name == DEFAULT_SESSION).then(|| SessionInit {
                     id: name.clone(),
