@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// A TOML file with any of the settings below and [defaults].
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Also serve this dialect (acontext, artifact, rlm) at `/`, for clients whose worker
+    /// URL cannot carry a path; native routes win where paths collide.
+    #[arg(long, value_name = "NAME")]
+    pub root_dialect: Option<String>,
 }
 
 /// The config file's shape.
@@ -37,6 +41,7 @@ struct FileConfig {
     /// First host uid of the sandboxes' id ranges (root only).
     uid_base: Option<u32>,
     max_upload_mb: Option<u64>,
+    root_dialect: Option<String>,
     #[serde(default)]
     defaults: Defaults,
 }
@@ -62,6 +67,8 @@ pub struct Config {
     pub token: Option<String>,
     pub uid_base: u32,
     pub max_upload_bytes: u64,
+    /// The dialect also mounted at `/`, checked to exist.
+    pub root_dialect: Option<String>,
     defaults: Defaults,
 }
 
@@ -76,6 +83,10 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let root_dialect = args.root_dialect.or(file.root_dialect);
+        if let Some(name) = &root_dialect {
+            sandpit_api::validate_root_dialect(name).map_err(anyhow::Error::msg)?;
+        }
         let token = std::env::var("SANDPIT_AUTH_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -96,6 +107,7 @@ impl Config {
             token,
             uid_base: file.uid_base.unwrap_or(1 << 28),
             max_upload_bytes: file.max_upload_mb.unwrap_or(4096) * 1024 * 1024,
+            root_dialect,
             defaults: file.defaults,
         })
     }
@@ -146,6 +158,22 @@ mod tests {
             cfg.core(PathBuf::from("/x")).default_limits.memory_mb,
             Some(64)
         );
+    }
+
+    #[test]
+    fn root_dialect_is_checked() {
+        let ok = Config::load(ServeArgs {
+            root_dialect: Some("rlm".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.root_dialect.as_deref(), Some("rlm"));
+        let err = Config::load(ServeArgs {
+            root_dialect: Some("nope".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--root-dialect 'nope'"), "{err}");
     }
 
     #[test]

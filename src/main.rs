@@ -100,11 +100,12 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             token: cfg.token.clone().map(Arc::from),
             metrics,
             max_upload_bytes: cfg.max_upload_bytes,
+            root_dialect: cfg.root_dialect.as_deref().map(Arc::from),
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
-        tracing::info!(%addr, data_dir = %data_dir.display(), auth = cfg.token.is_some(), "sandpit serving");
+        tracing::info!(%addr, data_dir = %data_dir.display(), auth = cfg.token.is_some(), root_dialect = cfg.root_dialect.as_deref(), "sandpit serving");
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;

@@ -977,3 +977,79 @@ pub fn assert_pid_gone(server: &Server, id: &str, pid: u32) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// ---- dialects (/compat/...) ----
+
+impl Server {
+    /// Sends and reads the whole answer, keeping its headers too.
+    #[track_caller]
+    pub fn send_with_headers(&self, rb: RequestBuilder) -> (Resp, reqwest::header::HeaderMap) {
+        let answer = rb.send().and_then(|r| {
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let content_type = headers
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = r.bytes()?.to_vec();
+            Ok((
+                Resp {
+                    status,
+                    content_type,
+                    body,
+                },
+                headers,
+            ))
+        });
+        match answer {
+            Ok(a) => a,
+            Err(e) => panic!("HTTP request failed: {e:?}\n{}", self.log_tail()),
+        }
+    }
+}
+
+impl Resp {
+    /// Asserts the status and a dialect's error body: JSON whose `error` is exactly
+    /// `message`. Returns the body for further checks.
+    #[track_caller]
+    pub fn expect_dialect_error(&self, status: u16, message: &str) -> Value {
+        self.expect(status);
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "error content-type {:?}, body: {}",
+            self.content_type,
+            self.text()
+        );
+        let v = self.json();
+        assert_eq!(v["error"], message, "error body: {v}");
+        v
+    }
+}
+
+/// Asserts `v` is an ISO-8601 UTC timestamp with milliseconds and `Z`, as JavaScript's
+/// `toISOString()` writes it (`2025-01-15T10:00:00.000Z`); returns it in Unix seconds.
+#[track_caller]
+pub fn assert_iso_millis(v: &Value) -> f64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp is not a string: {v}"));
+    assert_eq!(s.len(), 24, "not YYYY-MM-DDTHH:MM:SS.mmmZ: {s}");
+    assert_eq!(&s[19..20], ".", "no milliseconds: {s}");
+    parse_utc(s).unwrap_or_else(|| panic!("not an RFC 3339 UTC timestamp: {s}"))
+}
+
+/// Asserts the JSON object has exactly these keys.
+#[track_caller]
+pub fn assert_keys(v: &Value, keys: &[&str]) {
+    let mut got: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not a JSON object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    got.sort_unstable();
+    let mut want = keys.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want, "keys of {v}");
+}

@@ -5,6 +5,7 @@
 
 mod exec;
 mod files;
+mod interp;
 mod procs;
 mod pty;
 mod reaper;
@@ -63,6 +64,7 @@ pub fn main() -> i32 {
         let reaper = reaper::Reaper::start();
         let state = State {
             sessions: session::Sessions::new(reaper.clone()),
+            contexts: interp::Contexts::new(reaper.clone()),
             procs: procs::Procs::new(reaper.clone()),
             reaper,
         };
@@ -91,6 +93,7 @@ struct State {
     reaper: reaper::Reaper,
     sessions: session::Sessions,
     procs: procs::Procs,
+    contexts: interp::Contexts,
 }
 
 fn reply<T>(r: Result<T, AgentError>, ok: impl FnOnce(T) -> Reply) -> Reply {
@@ -106,6 +109,7 @@ async fn serve(stream: UnixStream, state: State) -> Result<(), ProtoError> {
         reaper,
         sessions,
         procs,
+        contexts,
     } = &state;
     let (mut rd, mut wr) = stream.into_split();
     loop {
@@ -144,6 +148,38 @@ async fn serve(stream: UnixStream, state: State) -> Result<(), ProtoError> {
             }
             Request::Pty { spec, cols, rows } => {
                 pty::run(spec, cols, rows, reaper, &mut rd, &mut wr).await?
+            }
+            Request::ContextCreate(init) => {
+                let r = reply(contexts.create(init).await, Reply::Context);
+                write_json(&mut wr, &r).await?
+            }
+            Request::ContextList => {
+                let r = Reply::Contexts {
+                    contexts: contexts.list(),
+                };
+                write_json(&mut wr, &r).await?
+            }
+            Request::ContextGet { id } => {
+                write_json(&mut wr, &reply(contexts.info(&id), Reply::Context)).await?
+            }
+            Request::ContextDelete { id } => {
+                write_json(&mut wr, &reply(contexts.delete(&id), |()| Reply::Ok)).await?
+            }
+            Request::ContextRestart { id } => {
+                let r = reply(contexts.restart(&id).await, Reply::Context);
+                write_json(&mut wr, &r).await?
+            }
+            Request::RunCode {
+                context,
+                code,
+                timeout_ms,
+                locals,
+                init,
+            } => {
+                let timeout = Duration::from_millis(timeout_ms);
+                contexts
+                    .run(&context, code, timeout, locals, init, &mut wr)
+                    .await?
             }
             Request::SessionCreate(init) => {
                 let r = reply(sessions.create(init).await, Reply::Session);

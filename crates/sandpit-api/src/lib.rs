@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod compat;
 mod error;
 mod extract;
+mod openapi;
 mod routes;
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sandpit_core::SandboxManager;
 use tower_http::trace::TraceLayer;
 
+pub use compat::validate_root_dialect;
 pub use error::ApiError;
 
 /// Largest JSON body accepted (exec stdin travels in it).
@@ -30,6 +33,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Largest file upload accepted, in bytes.
     pub max_upload_bytes: u64,
+    /// The dialect also served at `/` (`--root-dialect`); native routes win over its routes.
+    pub root_dialect: Option<Arc<str>>,
 }
 
 /// The whole HTTP application.
@@ -99,6 +104,19 @@ pub fn router(state: AppState) -> Router {
             post(routes::processes::wait_port),
         )
         .route("/v1/sandboxes/{id}/pty", get(routes::pty::open))
+        .route(
+            "/v1/sandboxes/{id}/contexts",
+            post(routes::contexts::create).get(routes::contexts::list),
+        )
+        .route(
+            "/v1/sandboxes/{id}/contexts/{cid}",
+            get(routes::contexts::get).delete(routes::contexts::delete),
+        )
+        .route(
+            "/v1/sandboxes/{id}/contexts/{cid}/restart",
+            post(routes::contexts::restart),
+        )
+        .route("/v1/sandboxes/{id}/code", post(routes::contexts::run))
         .route("/metrics", get(routes::ops::metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files)
@@ -108,8 +126,10 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/health", get(routes::ops::health))
+        .route("/openapi.json", get(openapi::serve))
         .merge(api)
-        .fallback(routes::ops::not_found)
+        .merge(compat::routes(&state))
+        .fallback_service(compat::root(&state))
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -140,8 +140,19 @@ impl AgentClient {
             ..spec
         };
         let kill_on_disconnect = spec.kill_on_disconnect;
-        let req = Request::Exec(spec);
+        self.stream(Request::Exec(spec), stdin, kill_on_disconnect, guard)
+            .await
+    }
 
+    /// Sends a request that streams output (exec, code runs): `Started`, data frames, and a
+    /// terminal `Exited` or `RunResult`. Events arrive on the returned channel.
+    pub async fn stream<G: Send + 'static>(
+        &self,
+        req: Request,
+        stdin: Option<Bytes>,
+        kill_on_disconnect: bool,
+        guard: G,
+    ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
         let send_stdin = |mut conn: UnixStream| {
             let stdin = stdin.clone();
             async move {
@@ -196,6 +207,11 @@ impl AgentClient {
                     Ok(Frame::Json(body)) => match sandpit_proto::decode::<Reply>(&body) {
                         Ok(Reply::Exited(status)) => {
                             let _ = tx.send(Ok(ExecEvent::Exited(status))).await;
+                            give_back(&pool, conn);
+                            return;
+                        }
+                        Ok(Reply::RunResult(result)) => {
+                            let _ = tx.send(Ok(ExecEvent::CodeResult(result))).await;
                             give_back(&pool, conn);
                             return;
                         }

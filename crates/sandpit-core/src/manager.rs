@@ -9,14 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use rand::Rng;
-use sandpit_proto::{ExecSpec, Reply, Request, SessionInit};
+use sandpit_proto::{ContextInit, ExecSpec, Reply, Request, SessionInit};
 use sandpit_runtime::{LaunchSpec, Limits, Runtime};
 use tokio::sync::mpsc;
 
 use crate::agent::{AgentClient, ByteStream, LogChunk, PtyInput, PtyOutput};
 use crate::model::{
-    now_ms, CreateSandbox, CreateSession, Entry, ExecEvent, ExecRequest, ExecResult, Process,
-    Record, Sandbox, Session, StartProcess, Status, UpdateSandbox,
+    now_ms, Context, CreateContext, CreateSandbox, CreateSession, Entry, ExecEvent, ExecRequest,
+    ExecResult, Process, Record, RunCode, Sandbox, Session, StartProcess, Status, UpdateSandbox,
 };
 use crate::store::Store;
 use crate::CoreError;
@@ -626,38 +626,22 @@ impl SandboxManager {
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, CoreError> {
         let started = std::time::Instant::now();
         let mut rx = self.exec_stream(id, req).await?;
-        let cap = self.cfg.max_output_bytes;
-        let (mut out, mut err, mut truncated) = (Vec::new(), Vec::new(), false);
-        let mut append = |buf: &mut Vec<u8>, data: &Bytes| {
-            let room = cap.saturating_sub(buf.len());
-            if data.len() > room {
-                truncated = true;
+        let c = collect(id, &mut rx, self.cfg.max_output_bytes).await?;
+        match c.end {
+            ExecEvent::Exited(status) => {
+                metrics::histogram!("sandpit_exec_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                Ok(ExecResult {
+                    stdout: String::from_utf8_lossy(&c.out).into_owned(),
+                    stderr: String::from_utf8_lossy(&c.err).into_owned(),
+                    exit_code: status.exit_code,
+                    duration_ms: status.duration_ms,
+                    timed_out: status.timed_out,
+                    truncated: c.truncated,
+                })
             }
-            buf.extend_from_slice(&data[..data.len().min(room)]);
-        };
-        while let Some(event) = rx.recv().await {
-            match event? {
-                ExecEvent::Started { .. } => {}
-                ExecEvent::Stdout(d) => append(&mut out, &d),
-                ExecEvent::Stderr(d) => append(&mut err, &d),
-                ExecEvent::Exited(status) => {
-                    metrics::histogram!("sandpit_exec_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    return Ok(ExecResult {
-                        stdout: String::from_utf8_lossy(&out).into_owned(),
-                        stderr: String::from_utf8_lossy(&err).into_owned(),
-                        exit_code: status.exit_code,
-                        duration_ms: status.duration_ms,
-                        timed_out: status.timed_out,
-                        truncated,
-                    });
-                }
-            }
+            other => Err(CoreError::Internal(format!("exec ended with {other:?}"))),
         }
-        Err(CoreError::unavailable(
-            id,
-            "the agent stopped answering during exec",
-        ))
     }
 
     pub async fn read_file(&self, id: &str, path: &str) -> Result<(u64, ByteStream), CoreError> {
@@ -901,6 +885,183 @@ impl SandboxManager {
         let (input, output) = h.agent.pty(spec, cols, rows).await?;
         Ok((input, output, BusyGuard::new(&h.busy)))
     }
+}
+
+/// Default timeout of a code run.
+const DEFAULT_RUN_TIMEOUT_MS: u64 = 60_000;
+
+impl SandboxManager {
+    fn context_init(&self, h: &Handle, req: CreateContext) -> Result<ContextInit, CoreError> {
+        check_env(&req.env)?;
+        let language = req.language.unwrap_or_else(|| "python".into());
+        if !matches!(language.as_str(), "python" | "javascript") {
+            return Err(CoreError::BadRequest(format!(
+                "language '{language}' is not supported: use python or javascript"
+            )));
+        }
+        let mut env = self.base_env(h);
+        env.extend(req.env);
+        let payload = match req.context {
+            None | Some(serde_json::Value::Null) => None,
+            // Sent as JSON text, so a string stays a string even when it looks like JSON.
+            Some(
+                v @ (serde_json::Value::String(_)
+                | serde_json::Value::Object(_)
+                | serde_json::Value::Array(_)),
+            ) => Some(v.to_string()),
+
+            Some(_) => {
+                return Err(CoreError::BadRequest(
+                    "context must be a string, a JSON object or a JSON array".into(),
+                ))
+            }
+        };
+        Ok(ContextInit {
+            id: child_id("context", req.id, "c-")?,
+
+            language,
+            cwd: absolute(req.cwd.unwrap_or_else(|| "/workspace".into()))?,
+            env,
+            payload,
+        })
+    }
+
+    pub async fn create_context(&self, id: &str, req: CreateContext) -> Result<Context, CoreError> {
+        let h = self.handle(id)?;
+        let init = self.context_init(&h, req)?;
+        context(self.call(id, Request::ContextCreate(init)).await?)
+    }
+
+    pub async fn list_contexts(&self, id: &str) -> Result<Vec<Context>, CoreError> {
+        match self.call(id, Request::ContextList).await? {
+            Reply::Contexts { contexts } => Ok(contexts.into_iter().map(Into::into).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get_context(&self, id: &str, cid: &str) -> Result<Context, CoreError> {
+        context(
+            self.call(id, Request::ContextGet { id: cid.into() })
+                .await?,
+        )
+    }
+
+    pub async fn delete_context(&self, id: &str, cid: &str) -> Result<(), CoreError> {
+        self.call(id, Request::ContextDelete { id: cid.into() })
+            .await
+            .map(drop)
+    }
+
+    pub async fn restart_context(&self, id: &str, cid: &str) -> Result<Context, CoreError> {
+        context(
+            self.call(id, Request::ContextRestart { id: cid.into() })
+                .await?,
+        )
+    }
+
+    /// Runs code and streams its events; the last one is `CodeResult`.
+    pub async fn run_code_stream(
+        &self,
+        id: &str,
+        req: RunCode,
+    ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
+        let h = self.ready(id).await?;
+        let language = req.language.clone().unwrap_or_else(|| "python".into());
+        // Without a context, code runs in the sandbox's default context of its language,
+        // created on first use.
+        let (context, init) = match req.context {
+            Some(c) => (c, None),
+            None => {
+                let mut init = self.context_init(
+                    &h,
+                    CreateContext {
+                        language: Some(language.clone()),
+                        ..CreateContext::default()
+                    },
+                )?;
+                init.id = format!("default-{language}");
+                (init.id.clone(), Some(init))
+            }
+        };
+        let run = Request::RunCode {
+            context,
+            code: req.code,
+            timeout_ms: req.timeout_ms.unwrap_or(DEFAULT_RUN_TIMEOUT_MS),
+            locals: req.locals,
+            init,
+        };
+        metrics::counter!("sandpit_code_runs_total").increment(1);
+        h.agent
+            .stream(run, None, false, BusyGuard::new(&h.busy))
+            .await
+    }
+
+    /// Runs code to its end: output, results, error, execution count.
+    pub async fn run_code(&self, id: &str, req: RunCode) -> Result<serde_json::Value, CoreError> {
+        let mut rx = self.run_code_stream(id, req).await?;
+        let c = collect(id, &mut rx, self.cfg.max_output_bytes).await?;
+        match c.end {
+            ExecEvent::CodeResult(mut result) => {
+                result["stdout"] = String::from_utf8_lossy(&c.out).into_owned().into();
+                result["stderr"] = String::from_utf8_lossy(&c.err).into_owned().into();
+                result["truncated"] = c.truncated.into();
+                Ok(result)
+            }
+            other => Err(CoreError::Internal(format!(
+                "code run ended with {other:?}"
+            ))),
+        }
+    }
+}
+
+fn context(reply: Reply) -> Result<Context, CoreError> {
+    match reply {
+        Reply::Context(c) => Ok(c.into()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Output collected from a command's or code run's events (up to `cap` bytes per stream),
+/// and the event that ended it.
+struct Collected {
+    out: Vec<u8>,
+    err: Vec<u8>,
+    truncated: bool,
+    end: ExecEvent,
+}
+
+async fn collect(
+    id: &str,
+    rx: &mut mpsc::Receiver<Result<ExecEvent, CoreError>>,
+    cap: usize,
+) -> Result<Collected, CoreError> {
+    let (mut out, mut err, mut truncated) = (Vec::new(), Vec::new(), false);
+    let mut append = |buf: &mut Vec<u8>, data: &Bytes| {
+        let room = cap.saturating_sub(buf.len());
+        if data.len() > room {
+            truncated = true;
+        }
+        buf.extend_from_slice(&data[..data.len().min(room)]);
+    };
+    while let Some(event) = rx.recv().await {
+        match event? {
+            ExecEvent::Started { .. } => {}
+            ExecEvent::Stdout(d) => append(&mut out, &d),
+            ExecEvent::Stderr(d) => append(&mut err, &d),
+            end => {
+                return Ok(Collected {
+                    out,
+                    err,
+                    truncated,
+                    end,
+                })
+            }
+        }
+    }
+    Err(CoreError::unavailable(
+        id,
+        "the agent stopped answering mid-run",
+    ))
 }
 
 fn unexpected(reply: Reply) -> CoreError {

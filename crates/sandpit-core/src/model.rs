@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 pub use sandpit_proto::{Entry, EntryKind, ExitStatus};
 pub use sandpit_runtime::{Launched, Limits};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Starting,
@@ -78,7 +78,7 @@ impl Record {
 }
 
 /// A sandbox as clients see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Sandbox {
     pub id: String,
     pub status: Status,
@@ -86,12 +86,14 @@ pub struct Sandbox {
     pub expires_at: Option<String>,
     pub last_active_at: String,
     pub keepalive_seconds: u64,
+    #[schema(value_type = LimitsRequest)]
     pub limits: Limits,
+    #[schema(value_type = String)]
     pub network: &'static str,
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
     pub id: Option<String>,
@@ -102,22 +104,24 @@ pub struct CreateSandbox {
     pub limits: LimitsRequest,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+/// Resource limits; a missing or null limit is the server's default (in a request) or unlimited.
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Limits)]
 pub struct LimitsRequest {
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSandbox {
     pub keepalive_seconds: Option<u64>,
 }
 
 /// A command to run, as clients send it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub command: Option<String>,
@@ -137,14 +141,18 @@ pub struct ExecRequest {
 /// One step of a running command.
 #[derive(Debug, Clone)]
 pub enum ExecEvent {
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
     Stdout(bytes::Bytes),
     Stderr(bytes::Bytes),
     Exited(ExitStatus),
+    /// The end of a code run: `execution_count`, `results`, `error`, `timed_out`, `locals`.
+    CodeResult(serde_json::Value),
 }
 
 /// A finished command with its output collected (up to the configured cap).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExecResult {
     pub stdout: String,
     pub stderr: String,
@@ -196,7 +204,7 @@ mod tests {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     pub id: Option<String>,
@@ -205,7 +213,7 @@ pub struct CreateSession {
     pub env: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartProcess {
     pub id: Option<String>,
@@ -217,7 +225,7 @@ pub struct StartProcess {
 }
 
 /// A session as clients see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub id: String,
     pub cwd: String,
@@ -237,12 +245,14 @@ impl From<sandpit_proto::SessionInfo> for Session {
 }
 
 /// A background process as clients see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Process {
     pub id: String,
     pub pid: i32,
     pub command: Vec<String>,
     pub cwd: String,
+    /// `running` or `exited`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     pub exit_code: Option<i32>,
     pub started_at: String,
@@ -260,6 +270,60 @@ impl From<sandpit_proto::ProcInfo> for Process {
             exit_code: p.exit_code,
             started_at: rfc3339(p.started_at),
             exited_at: p.exited_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContext {
+    pub id: Option<String>,
+    /// `python` (default) or `javascript`.
+    pub language: Option<String>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Preloaded as the variable `context`: a string, or a JSON object or array.
+    pub context: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCode {
+    pub code: String,
+    /// The context to run in; default: the sandbox's default context of `language`.
+    pub context: Option<String>,
+    pub language: Option<String>,
+    pub timeout_ms: Option<u64>,
+    /// Also return `locals`: `{name: repr(value)}` of the user-defined names.
+    #[serde(default)]
+    pub locals: bool,
+}
+
+/// A code-interpreter context as clients see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Context {
+    pub id: String,
+    pub language: String,
+    pub cwd: String,
+    pub pid: i32,
+    /// `running`, or `exited` after a crash (restart it).
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    pub version: String,
+    pub created_at: String,
+}
+
+impl From<sandpit_proto::ContextInfo> for Context {
+    fn from(c: sandpit_proto::ContextInfo) -> Self {
+        Self {
+            id: c.id,
+            language: c.language,
+            cwd: c.cwd,
+            pid: c.pid,
+            status: if c.alive { "running" } else { "exited" },
+            version: c.version,
+            created_at: rfc3339(c.created_at),
         }
     }
 }

@@ -144,6 +144,53 @@ pub enum Request {
         cols: u16,
         rows: u16,
     },
+    /// Starts a code-interpreter context; answered by `Reply::Context`.
+    ContextCreate(ContextInit),
+    ContextList,
+    ContextGet {
+        id: String,
+    },
+    ContextDelete {
+        id: String,
+    },
+    /// Replaces the context's interpreter with a fresh one (state is lost).
+    ContextRestart {
+        id: String,
+    },
+    /// Runs code in a context; answered by `Started`, output as data frames, then
+    /// `RunResult`. `init` creates the context if it does not exist (the lazy default).
+    RunCode {
+        context: String,
+        code: String,
+        timeout_ms: u64,
+        locals: bool,
+        init: Option<ContextInit>,
+    },
+}
+
+/// How a code-interpreter context starts (and restarts).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ContextInit {
+    pub id: String,
+    /// `python` or `javascript`.
+    pub language: String,
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+    /// JSON text (a string, object or array), preloaded as the variable `context`.
+    pub payload: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContextInfo {
+    pub id: String,
+    pub language: String,
+    pub cwd: String,
+    pub pid: i32,
+    /// False once the interpreter died (crash, `os._exit`); restart brings it back.
+    pub alive: bool,
+    /// The interpreter's version.
+    pub version: String,
+    pub created_at: i64,
 }
 
 /// How a session's shell starts (and restarts).
@@ -235,6 +282,13 @@ pub enum Reply {
     Processes {
         processes: Vec<ProcInfo>,
     },
+    Context(ContextInfo),
+    Contexts {
+        contexts: Vec<ContextInfo>,
+    },
+    /// The outcome of a code run: `execution_count`, `results`, `error`, `timed_out`, and
+    /// `locals` when asked for.
+    RunResult(serde_json::Value),
     /// Log bytes follow as data frames; the offsets are where the next read resumes.
     Logs {
         stdout_offset: u64,

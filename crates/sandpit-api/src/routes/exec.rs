@@ -9,26 +9,54 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
-use sandpit_core::model::{ExecEvent, ExecRequest};
+use sandpit_core::model::{ExecEvent, ExecRequest, ExecResult};
+use sandpit_core::CoreError;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::extract::JsonBody;
+use crate::openapi::{AgentErrors, ErrorBody, SandboxPath};
 use crate::{ApiError, AppState};
 
+/// Runs a command: JSON once it has ended, or Server-Sent Events as it runs.
+///
+/// With `Accept: text/event-stream` the answer streams events: `start` `{"pid"}`, `stdout`
+/// and `stderr` `{"data"}` as output is produced, then `exit` `{"exit_code", "duration_ms",
+/// "timed_out"}` once the process has really exited; a sandbox failure mid-stream is an
+/// `error` event `{"code", "message"}`. Comment lines keep the connection alive.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "exec", operation_id = "exec",
+    params(SandboxPath), request_body = ExecRequest,
+    responses(
+        (status = 200, description = "The finished command, or its events", content(
+            (ExecResult = "application/json"),
+            (String = "text/event-stream", example = "event: start\ndata: {\"pid\":12}\n\n"))),
+        (status = 400, description = "`bad_request` (neither or both of `command` and `argv`), \
+            `invalid_path` (`cwd`), `invalid_id` (`session`), `invalid_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
 pub async fn exec(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<ExecRequest>,
 ) -> Result<Response, ApiError> {
-    let wants_sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
-    if !wants_sse {
+    if !wants_sse(&headers) {
         return Ok(Json(s.manager.exec(&id, req).await?).into_response());
     }
-    let rx = s.manager.exec_stream(&id, req).await?;
+    Ok(event_stream(s.manager.exec_stream(&id, req).await?))
+}
+
+/// Whether the client asked for Server-Sent Events.
+pub fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// Streams a command's or code run's events as SSE: `start`, `stdout`, `stderr`, then
+/// `exit` (a command) or `result` (a code run), or `error`.
+pub fn event_stream(rx: mpsc::Receiver<Result<ExecEvent, CoreError>>) -> Response {
     let mut out = Utf8Carry::default();
     let mut err = Utf8Carry::default();
     let events = ReceiverStream::new(rx).map(move |ev| {
@@ -40,13 +68,14 @@ pub async fn exec(
                 "exit",
                 serde_json::json!({"exit_code": st.exit_code, "duration_ms": st.duration_ms, "timed_out": st.timed_out}),
             ),
+            Ok(ExecEvent::CodeResult(result)) => sse("result", result),
             Err(e) => sse("error", serde_json::json!({"code": e.code(), "message": e.to_string()})),
         };
         Ok::<_, Infallible>(event)
     });
-    Ok(Sse::new(events)
+    Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
-        .into_response())
+        .into_response()
 }
 
 fn sse(name: &str, data: serde_json::Value) -> Event {

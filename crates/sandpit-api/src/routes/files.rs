@@ -13,8 +13,16 @@ use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::extract::{check_path, query_param, FilePath, JsonBody};
+use crate::openapi::{AgentErrors, DirListing, ErrorBody, FileQuery, RemoveQuery, SandboxPath};
 use crate::{ApiError, AppState};
 
+/// Reads a file: its raw bytes.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", tag = "files", operation_id = "read_file",
+    params(SandboxPath, FileQuery),
+    responses((status = 200, description = "The file's bytes", content(("application/octet-stream"))),
+        (status = 400, description = "`invalid_path`, `is_a_directory`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or file", body = ErrorBody), AgentErrors))]
 pub async fn read(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -34,6 +42,16 @@ pub async fn read(
         .into_response())
 }
 
+/// Writes a file from the raw body (streamed); parent directories are created.
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files", tag = "files", operation_id = "write_file",
+    params(SandboxPath, FileQuery),
+    request_body(description = "The file's bytes", content(("application/octet-stream"))),
+    responses((status = 204, description = "Written"),
+        (status = 400, description = "`invalid_path`, `is_a_directory`, `not_a_directory`, `bad_request`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: past the server's upload limit", body = ErrorBody),
+        (status = 507, description = "`no_space`", body = ErrorBody), AgentErrors))]
 pub async fn write(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -56,6 +74,15 @@ pub async fn write(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Deletes a file, or a directory (non-empty ones only with `recursive`).
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/files", tag = "files", operation_id = "remove_file",
+    params(SandboxPath, RemoveQuery),
+    responses((status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or file", body = ErrorBody),
+        (status = 409, description = "`not_empty`: a non-empty directory without `recursive`", body = ErrorBody),
+        AgentErrors))]
 pub async fn remove(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -69,13 +96,16 @@ pub async fn remove(
 }
 
 /// An entry as the API shows it.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Entry)]
 pub struct EntryView {
     name: String,
     path: String,
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::EntryKind)]
     kind: sandpit_core::model::EntryKind,
     size: u64,
+    /// Permission bits.
     mode: u32,
     modified_at: String,
 }
@@ -93,6 +123,14 @@ impl From<Entry> for EntryView {
     }
 }
 
+/// Lists a directory.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/list", tag = "files", operation_id = "list_files",
+    params(SandboxPath, FileQuery),
+    responses((status = 200, body = DirListing),
+        (status = 400, description = "`invalid_path`, `not_a_directory`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or directory", body = ErrorBody),
+        AgentErrors))]
 pub async fn list(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -108,6 +146,14 @@ pub async fn list(
     Ok(Json(serde_json::json!({"path": path, "entries": entries})))
 }
 
+/// Describes a file (symlinks are not followed).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/stat", tag = "files", operation_id = "stat_file",
+    params(SandboxPath, FileQuery),
+    responses((status = 200, body = EntryView),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or file", body = ErrorBody),
+        AgentErrors))]
 pub async fn stat(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -116,11 +162,13 @@ pub async fn stat(
     Ok(Json(s.manager.stat(&id, &path).await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MkdirRequest {
     path: String,
+    /// Create missing parents too.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     parents: bool,
 }
 
@@ -128,6 +176,16 @@ fn yes() -> bool {
     true
 }
 
+/// Creates a directory.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/mkdir", tag = "files", operation_id = "mkdir",
+    params(SandboxPath), request_body = MkdirRequest,
+    responses((status = 204, description = "Created"),
+        (status = 400, description = "`invalid_path`, `not_a_directory`, `invalid_json`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox, or a missing parent without `parents`", body = ErrorBody),
+        (status = 409, description = "`already_exists`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 507, description = "`no_space`", body = ErrorBody), AgentErrors))]
 pub async fn mkdir(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -138,13 +196,22 @@ pub async fn mkdir(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoveRequest {
     from: String,
     to: String,
 }
 
+/// Moves or renames a file or directory.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/files/move", tag = "files", operation_id = "move_file",
+    params(SandboxPath), request_body = MoveRequest,
+    responses((status = 204, description = "Moved"),
+        (status = 400, description = "`invalid_path`, `is_a_directory`, `not_a_directory`, `invalid_json`", body = ErrorBody),
+        (status = 403, description = "`permission_denied`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox, or `from` is missing", body = ErrorBody),
+        (status = 409, description = "`not_empty`: `to` is a non-empty directory", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
 pub async fn rename(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -1,5 +1,6 @@
 //! Route handlers of the native API, one module per resource.
 
+pub mod contexts;
 pub mod exec;
 pub mod files;
 pub mod ops;

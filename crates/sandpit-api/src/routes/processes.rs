@@ -14,6 +14,10 @@ use sandpit_core::SandboxManager;
 use serde::Deserialize;
 
 use crate::extract::{query_param, JsonBody};
+use crate::openapi::{
+    AgentErrors, ErrorBody, LogsQuery, PortReady, ProcessList, ProcessLogs, ProcessPath,
+    SandboxPath,
+};
 use crate::{ApiError, AppState};
 
 /// Most log bytes returned by one call.
@@ -21,6 +25,15 @@ const LOG_PAGE: u64 = 1024 * 1024;
 /// How often a followed log is checked for new output.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 
+/// Starts a background process.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes", tag = "processes",
+    operation_id = "start_process", params(SandboxPath), request_body = StartProcess,
+    responses((status = 201, body = Process),
+        (status = 400, description = "`bad_request` (neither or both of `command` and `argv`, env), \
+            `invalid_id`, `invalid_path` (`cwd`), `invalid_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
+        (status = 409, description = "`already_exists`: a process with this id exists", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
 pub async fn start(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -32,6 +45,11 @@ pub async fn start(
     ))
 }
 
+/// Lists a sandbox's background processes.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes", tag = "processes",
+    operation_id = "list_processes", params(SandboxPath),
+    responses((status = 200, body = ProcessList),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody), AgentErrors))]
 pub async fn list(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -40,6 +58,11 @@ pub async fn list(
     Ok(Json(serde_json::json!({ "processes": processes })))
 }
 
+/// A background process.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes/{pid}", tag = "processes",
+    operation_id = "get_process", params(ProcessPath),
+    responses((status = 200, body = Process),
+        (status = 404, description = "`not_found`: no such sandbox or process", body = ErrorBody), AgentErrors))]
 pub async fn get(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -47,6 +70,11 @@ pub async fn get(
     Ok(Json(s.manager.get_process(&id, &pid).await?))
 }
 
+/// Kills a process's tree (SIGKILL) and forgets it and its logs.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/processes/{pid}", tag = "processes",
+    operation_id = "remove_process", params(ProcessPath),
+    responses((status = 204, description = "Removed"),
+        (status = 404, description = "`not_found`: no such sandbox or process", body = ErrorBody), AgentErrors))]
 pub async fn remove(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -80,6 +108,19 @@ fn offset(parts: &axum::http::request::Parts, name: &str) -> Result<u64, ApiErro
     }
 }
 
+/// A process's output from the offsets: a page of JSON, or Server-Sent Events that follow it.
+///
+/// With `Accept: text/event-stream` the answer streams `stdout` and `stderr` events
+/// `{"data", "offset"}`, then `exit` `{"exit_code"}` once the process has exited and its logs
+/// are drained; a failure is an `error` event `{"code", "message"}`.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/processes/{pid}/logs", tag = "processes",
+    operation_id = "process_logs", params(ProcessPath, LogsQuery),
+    responses(
+        (status = 200, description = "A page of output, or its events", content(
+            (ProcessLogs = "application/json"),
+            (String = "text/event-stream", example = "event: stdout\ndata: {\"data\":\"hi\\n\",\"offset\":3}\n\n"))),
+        (status = 400, description = "`bad_request`: an offset is not a number", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or process", body = ErrorBody), AgentErrors))]
 pub async fn logs(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -180,15 +221,24 @@ fn async_stream(
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinRequest {
     #[serde(default)]
     data: String,
+    /// Close stdin after `data`.
     #[serde(default)]
     eof: bool,
 }
 
+/// Writes to a process's stdin.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes/{pid}/stdin", tag = "processes",
+    operation_id = "process_stdin", params(ProcessPath), request_body = StdinRequest,
+    responses((status = 204, description = "Written"),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or process", body = ErrorBody),
+        (status = 409, description = "`not_running`: the process exited or its stdin is closed", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
 pub async fn stdin(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -200,9 +250,10 @@ pub async fn stdin(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
+    #[schema(value_type = crate::openapi::Signal)]
     signal: serde_json::Value,
 }
 
@@ -231,6 +282,14 @@ fn parse_signal(v: &serde_json::Value) -> Result<i32, ApiError> {
     }
 }
 
+/// Signals a process's whole tree (its session, process group and their descendants).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes/{pid}/signal", tag = "processes",
+    operation_id = "signal_process", params(ProcessPath), request_body = SignalRequest,
+    responses((status = 204, description = "Sent"),
+        (status = 400, description = "`bad_request`: unknown signal; `invalid_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or process", body = ErrorBody),
+        (status = 409, description = "`not_running`: the process has exited", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
 pub async fn signal(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -241,12 +300,20 @@ pub async fn signal(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitRequest {
+    #[schema(default = 30000)]
     timeout_ms: Option<u64>,
 }
 
+/// Waits for a process to exit; answers it still `running` if the timeout passed first.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes/{pid}/wait", tag = "processes",
+    operation_id = "wait_process", params(ProcessPath), request_body = WaitRequest,
+    responses((status = 200, body = Process),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or process", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
 pub async fn wait(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -256,13 +323,24 @@ pub async fn wait(
     Ok(Json(s.manager.wait_process(&id, &pid, timeout).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitPortRequest {
+    /// A TCP port inside the sandbox.
     port: u16,
+    #[schema(default = 30000)]
     timeout_ms: Option<u64>,
 }
 
+/// Waits until a port inside the sandbox accepts connections.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/processes/{pid}/wait-port", tag = "processes",
+    operation_id = "wait_port", params(ProcessPath), request_body = WaitPortRequest,
+    responses((status = 200, body = PortReady),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox or process", body = ErrorBody),
+        (status = 408, description = "`timeout`: the port did not open in time", body = ErrorBody),
+        (status = 409, description = "`not_running`: the process exited first", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
 pub async fn wait_port(
     State(s): State<AppState>,
     Path((id, pid)): Path<(String, String)>,

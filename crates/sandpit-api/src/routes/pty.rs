@@ -7,6 +7,7 @@ use sandpit_core::agent::{PtyEvent, PtyInput, PtyOutput};
 use serde::Deserialize;
 
 use crate::extract::query_param;
+use crate::openapi::{AgentErrors, ErrorBody, PtyQuery, SandboxPath};
 use crate::{ApiError, AppState};
 
 #[derive(Deserialize)]
@@ -27,6 +28,22 @@ fn size(parts: &axum::http::request::Parts, name: &str, default: u16) -> Result<
     }
 }
 
+/// Opens an interactive terminal: a GET that upgrades to a WebSocket.
+///
+/// The terminal runs bash (or `command` run by bash) in `/workspace` with
+/// `TERM=xterm-256color`. Client to server: binary messages are keystrokes; text messages are
+/// JSON, `{"type": "input", "data": "ls\n"}` or `{"type": "resize", "cols": 120, "rows": 40}`.
+/// Server to client: binary messages are terminal output; at the end one text message
+/// `{"type": "exit", "exit_code": 0}`, then the socket closes. Closing the socket hangs the
+/// terminal up.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/pty", tag = "terminals", operation_id = "open_pty",
+    params(SandboxPath, PtyQuery),
+    responses((status = 101, description = "Switching Protocols: the connection is now a WebSocket"),
+        (status = 400, description = "`bad_request`: `cols` or `rows` out of range \
+            (a request that is not a WebSocket upgrade answers 400 in plain text)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
+        (status = 426, description = "Upgrade Required: the connection cannot be upgraded (plain text)"),
+        AgentErrors))]
 pub async fn open(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -6,8 +6,16 @@ use axum::Json;
 use sandpit_core::model::{CreateSandbox, Sandbox, UpdateSandbox};
 
 use crate::extract::JsonBody;
+use crate::openapi::{AgentErrors, ErrorBody, SandboxList, SandboxPath};
 use crate::{ApiError, AppState};
 
+/// Creates and starts a sandbox.
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", operation_id = "create_sandbox",
+    request_body = CreateSandbox,
+    responses((status = 201, body = Sandbox),
+        (status = 400, description = "`invalid_id`, `bad_request` (limits, env), `invalid_json`", body = ErrorBody),
+        (status = 409, description = "`already_exists`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
 pub async fn create(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateSandbox>,
@@ -15,10 +23,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(s.manager.create(req).await?)))
 }
 
+/// Lists sandboxes (not counted as activity).
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", operation_id = "list_sandboxes",
+    responses((status = 200, body = SandboxList)))]
 pub async fn list(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({"sandboxes": s.manager.list()}))
 }
 
+/// A sandbox (counts as activity).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes", operation_id = "get_sandbox",
+    params(SandboxPath),
+    responses((status = 200, body = Sandbox),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody)))]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -26,6 +42,14 @@ pub async fn get(
     Ok(Json(s.manager.get(&id)?))
 }
 
+/// Changes a sandbox's keepalive; its expiry is recomputed from now.
+#[utoipa::path(patch, path = "/v1/sandboxes/{id}", tag = "sandboxes", operation_id = "update_sandbox",
+    params(SandboxPath), request_body = UpdateSandbox,
+    responses((status = 200, body = Sandbox),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody)))]
 pub async fn update(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -34,6 +58,11 @@ pub async fn update(
     Ok(Json(s.manager.update(&id, req)?))
 }
 
+/// Marks activity: pushes `expires_at` out.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/keepalive", tag = "sandboxes",
+    operation_id = "keepalive_sandbox", params(SandboxPath),
+    responses((status = 200, body = Sandbox),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody)))]
 pub async fn keepalive(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -41,6 +70,12 @@ pub async fn keepalive(
     Ok(Json(s.manager.touch(&id)?))
 }
 
+/// Deletes a sandbox and everything running in it.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes", operation_id = "delete_sandbox",
+    params(SandboxPath),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody)))]
 pub async fn delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
