@@ -214,6 +214,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "sandpit exec round trip (true)",
         time_n(n, || exec_true(&c, &base, &id))?,
     ));
+    let code_url = format!("{base}/v1/sandboxes/{id}/code");
+    rows.push(stats(
+        "sandpit code run (x = 1, Python)",
+        time_n(n, || {
+            let v = post(&c, &code_url, json!({"code": "x = 1"}))?;
+            if !v["error"].is_null() {
+                bail!("code run failed: {v}");
+            }
+            Ok(())
+        })?,
+    ));
 
     let mut k = 0;
     let creates = time_n(n.min(100), || {

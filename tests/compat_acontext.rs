@@ -114,7 +114,10 @@ fn document_flow_end_to_end() {
         r.json(),
         json!({"content": "SGVsbG8gV29ybGQ=", "encoding": "base64"})
     );
-    assert_eq!(server.get_file(&id, "/workspace/example.txt"), b"Hello World");
+    assert_eq!(
+        server.get_file(&id, "/workspace/example.txt"),
+        b"Hello World"
+    );
 
     // Update Sandbox: the expiry moves out by the requested seconds.
     let before = server.sandbox(&id);
@@ -214,7 +217,10 @@ fn files_round_trip_and_parents_are_created() {
         &json!({"file_path": "/workspace/t.txt", "content": "héllo\n"}),
     )
     .expect(200);
-    assert_eq!(server.get_file(&id, "/workspace/t.txt"), "héllo\n".as_bytes());
+    assert_eq!(
+        server.get_file(&id, "/workspace/t.txt"),
+        "héllo\n".as_bytes()
+    );
 
     // Empty files are accepted (the original worker refused them).
     let r = post(
@@ -239,7 +245,8 @@ fn error_shapes() {
     let id = unique("err");
 
     // Missing sandbox_id.
-    post(&server, "/sandbox/create", &json!({})).expect_dialect_error(400, "sandbox_id is required");
+    post(&server, "/sandbox/create", &json!({}))
+        .expect_dialect_error(400, "sandbox_id is required");
     post(&server, "/sandbox/create", &json!({"sandbox_id": ""}))
         .expect_dialect_error(400, "sandbox_id is required");
     post(&server, "/sandbox/create", &json!({"sandbox_id": id})).expect(200);
@@ -247,8 +254,12 @@ fn error_shapes() {
     // Missing command.
     post(&server, &format!("/sandbox/{id}/exec"), &json!({}))
         .expect_dialect_error(400, "command is required");
-    post(&server, &format!("/sandbox/{id}/exec"), &json!({"command": ""}))
-        .expect_dialect_error(400, "command is required");
+    post(
+        &server,
+        &format!("/sandbox/{id}/exec"),
+        &json!({"command": ""}),
+    )
+    .expect_dialect_error(400, "command is required");
 
     // Missing file, and missing fields of download and upload.
     post(
@@ -279,9 +290,21 @@ fn error_shapes() {
     for r in [
         server.request(Method::GET, &path("/sandbox/ghost")),
         post(&server, "/sandbox/ghost/exec", &json!({"command": "true"})),
-        post(&server, "/sandbox/ghost/download", &json!({"file_path": "/x"})),
-        post(&server, "/sandbox/ghost/upload", &json!({"file_path": "/x", "content": "y"})),
-        post(&server, "/sandbox/ghost/update", &json!({"keepalive_longer_by_seconds": 5})),
+        post(
+            &server,
+            "/sandbox/ghost/download",
+            &json!({"file_path": "/x"}),
+        ),
+        post(
+            &server,
+            "/sandbox/ghost/upload",
+            &json!({"file_path": "/x", "content": "y"}),
+        ),
+        post(
+            &server,
+            "/sandbox/ghost/update",
+            &json!({"keepalive_longer_by_seconds": 5}),
+        ),
     ] {
         r.expect(404);
         let v = r.json();
@@ -396,7 +419,12 @@ fn token_is_required_in_the_dialect_shape() {
     ];
     let wrong = format!("Bearer {token}x");
     for (method, p) in &routes {
-        for auth in [None, Some(wrong.as_str()), Some("Bearer "), Some(token.as_str())] {
+        for auth in [
+            None,
+            Some(wrong.as_str()),
+            Some("Bearer "),
+            Some(token.as_str()),
+        ] {
             let mut rb = server
                 .req_anon(method.clone(), &path(p))
                 .json(&json!({"sandbox_id": id, "command": "true"}));
@@ -408,7 +436,10 @@ fn token_is_required_in_the_dialect_shape() {
             assert_eq!(r.json(), json!({"error": "Unauthorized"}));
         }
     }
-    assert!(server.list_ids().is_empty(), "a refused request created a sandbox");
+    assert!(
+        server.list_ids().is_empty(),
+        "a refused request created a sandbox"
+    );
     // With the token everything works.
     post(&server, "/sandbox/create", &json!({"sandbox_id": id})).expect(200);
     let r = post(
@@ -427,11 +458,7 @@ fn root_dialect_acontext() {
         ..Default::default()
     });
     let id = unique("root");
-    let r = server.request_json(
-        Method::POST,
-        "/sandbox/create",
-        &json!({"sandbox_id": id}),
-    );
+    let r = server.request_json(Method::POST, "/sandbox/create", &json!({"sandbox_id": id}));
     r.expect(200);
     assert_info(&r.json(), &id);
     let r = server.request_json(

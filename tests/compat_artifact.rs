@@ -14,7 +14,13 @@ const BASE: &str = "/compat/artifact";
 
 /// A request as the Python client sends it: `x-sandbox-id` when it has a sandbox, a JSON body
 /// on POST/PUT, parameters on GET/DELETE.
-fn call(server: &Server, method: Method, p: &str, sandbox: Option<&str>, body: Option<Value>) -> Resp {
+fn call(
+    server: &Server,
+    method: Method,
+    p: &str,
+    sandbox: Option<&str>,
+    body: Option<Value>,
+) -> Resp {
     let mut rb = server.req(method, &format!("{BASE}{p}"));
     if let Some(id) = sandbox {
         rb = rb.header("x-sandbox-id", id);
@@ -28,7 +34,11 @@ fn call(server: &Server, method: Method, p: &str, sandbox: Option<&str>, body: O
 #[track_caller]
 fn ok(r: Resp) -> Value {
     r.expect(200);
-    assert!(r.content_type.starts_with("application/json"), "{}", r.content_type);
+    assert!(
+        r.content_type.starts_with("application/json"),
+        "{}",
+        r.content_type
+    );
     r.json()
 }
 
@@ -56,7 +66,10 @@ fn new_sandbox(server: &Server) -> String {
         None,
         Some(json!({"sandboxId": id, "options": null})),
     ));
-    assert_eq!(v, json!({"sandboxId": id, "created": true, "options": null}));
+    assert_eq!(
+        v,
+        json!({"sandboxId": id, "created": true, "options": null})
+    );
     id
 }
 
@@ -76,7 +89,9 @@ fn documented_workflow() {
         Method::POST,
         "/session",
         Some(&id),
-        Some(json!({"id": "my-session", "env": {"PYTHONPATH": "/workspace"}, "cwd": "/workspace/project"})),
+        Some(
+            json!({"id": "my-session", "env": {"PYTHONPATH": "/workspace"}, "cwd": "/workspace/project"}),
+        ),
     ));
     assert_keys(&v, &["success", "sessionId", "timestamp"]);
     assert_session_answer(&v, "my-session");
@@ -87,9 +102,14 @@ fn documented_workflow() {
         Method::PUT,
         "/file",
         Some(&id),
-        Some(json!({"path": "/workspace/project/main.py", "content": "print('Hello, World!')", "sessionId": "my-session"})),
+        Some(
+            json!({"path": "/workspace/project/main.py", "content": "print('Hello, World!')", "sessionId": "my-session"}),
+        ),
     ));
-    assert_eq!(v, json!({"path": "/workspace/project/main.py", "length": 22}));
+    assert_eq!(
+        v,
+        json!({"path": "/workspace/project/main.py", "length": 22})
+    );
 
     // 4. Run it in the session: relative to the session's cwd, with its env.
     let v = ok(call(
@@ -97,7 +117,9 @@ fn documented_workflow() {
         Method::POST,
         "/run",
         Some(&id),
-        Some(json!({"command": "python3 main.py && pwd && echo $PYTHONPATH", "sessionId": "my-session"})),
+        Some(
+            json!({"command": "python3 main.py && pwd && echo $PYTHONPATH", "sessionId": "my-session"}),
+        ),
     ));
     assert_run(&v, "Hello, World!\n/workspace/project\n/workspace\n", 0);
     assert_eq!(v["error"], "");
@@ -108,7 +130,9 @@ fn documented_workflow() {
         Method::POST,
         "/run-script",
         Some(&id),
-        Some(json!({"script": "print(\"Hello, World!\")", "interpreter": "python3", "sessionId": "my-session"})),
+        Some(
+            json!({"script": "print(\"Hello, World!\")", "interpreter": "python3", "sessionId": "my-session"}),
+        ),
     ));
     assert_eq!(v["output"], "Hello, World!\n");
     assert_eq!(v["interpreter"], "python3");
@@ -121,7 +145,11 @@ fn documented_workflow() {
         Some(&id),
         None,
     ));
-    assert_eq!(gone, json!({"exists": false}), "temporary script left behind");
+    assert_eq!(
+        gone,
+        json!({"exists": false}),
+        "temporary script left behind"
+    );
 
     // 5. Read the result.
     let v = ok(call(
@@ -152,7 +180,10 @@ fn documented_workflow() {
         None,
         None,
     ));
-    assert_eq!(v, json!({"sandboxId": id, "destroyed": true, "existed": true}));
+    assert_eq!(
+        v,
+        json!({"sandboxId": id, "destroyed": true, "existed": true})
+    );
     assert!(!server.list_ids().contains(&id));
 }
 
@@ -191,7 +222,7 @@ fn readme_client_calls() {
         Method::POST,
         "/run",
         Some(&id),
-        Some(json!({"command": "echo err >&2; exit 2", "sessionId": "default"})),
+        Some(json!({"command": "echo err >&2; (exit 2)", "sessionId": "default"})),
     ));
     assert_run(&v, "", 2);
     assert_eq!(v["error"], "err\n");
@@ -211,7 +242,9 @@ fn readme_client_calls() {
         Method::PUT,
         "/file",
         Some(&id),
-        Some(json!({"path": "/workspace/hello.txt", "content": "Hello, World! é😀", "sessionId": "default"})),
+        Some(
+            json!({"path": "/workspace/hello.txt", "content": "Hello, World! é😀", "sessionId": "default"}),
+        ),
     ));
     // JavaScript's length: UTF-16 units.
     assert_eq!(v, json!({"path": "/workspace/hello.txt", "length": 17}));
@@ -292,7 +325,9 @@ fn readme_client_calls() {
         Method::POST,
         "/rename",
         Some(&id),
-        Some(json!({"oldPath": "/workspace/data.bin", "newPath": "/workspace/renamed.bin", "sessionId": "default"})),
+        Some(
+            json!({"oldPath": "/workspace/data.bin", "newPath": "/workspace/renamed.bin", "sessionId": "default"}),
+        ),
     ));
     assert_eq!(
         v,
@@ -303,7 +338,9 @@ fn readme_client_calls() {
         Method::POST,
         "/move",
         Some(&id),
-        Some(json!({"sourcePath": "/workspace/renamed.bin", "destinationPath": "/workspace/archive/a.bin", "sessionId": "default"})),
+        Some(
+            json!({"sourcePath": "/workspace/renamed.bin", "destinationPath": "/workspace/archive/a.bin", "sessionId": "default"}),
+        ),
     ));
     assert_eq!(
         v,
@@ -312,7 +349,13 @@ fn readme_client_calls() {
     assert_eq!(server.get_file(&id, "/workspace/archive/a.bin"), bytes);
 
     // Sandbox.create_or_get_session: GET /session?id= → 404 → POST /session.
-    let r = call(&server, Method::GET, "/session?id=user-123", Some(&id), None);
+    let r = call(
+        &server,
+        Method::GET,
+        "/session?id=user-123",
+        Some(&id),
+        None,
+    );
     r.expect_dialect_error(404, "Session not found");
     let v = ok(call(
         &server,
@@ -322,7 +365,13 @@ fn readme_client_calls() {
         Some(json!({"id": "user-123"})),
     ));
     assert_session_answer(&v, "user-123");
-    let v = ok(call(&server, Method::GET, "/session?id=user-123", Some(&id), None));
+    let v = ok(call(
+        &server,
+        Method::GET,
+        "/session?id=user-123",
+        Some(&id),
+        None,
+    ));
     assert_session_answer(&v, "user-123");
     // Creating it again answers the existing session.
     let v = ok(call(
@@ -343,8 +392,14 @@ fn readme_client_calls() {
         Some(json!({"sessionId": "user-123"})),
     ));
     assert_session_answer(&v, "user-123");
-    call(&server, Method::GET, "/session?id=user-123", Some(&id), None)
-        .expect_dialect_error(404, "Session not found");
+    call(
+        &server,
+        Method::GET,
+        "/session?id=user-123",
+        Some(&id),
+        None,
+    )
+    .expect_dialect_error(404, "Session not found");
 
     // SandboxManager.destroy_sandbox: DELETE /sandbox?sandbox_id= with the header.
     let v = ok(call(
@@ -354,7 +409,10 @@ fn readme_client_calls() {
         Some(&id),
         None,
     ));
-    assert_eq!(v, json!({"sandboxId": id, "destroyed": true, "existed": true}));
+    assert_eq!(
+        v,
+        json!({"sandboxId": id, "destroyed": true, "existed": true})
+    );
 }
 
 #[test]
@@ -380,12 +438,27 @@ fn sessions_keep_cwd_and_env_apart() {
     }
     assert_run(&run(Some("s1"), "cd /tmp && export FOO=one"), "", 0);
     assert_run(&run(Some("s1"), "pwd; echo $FOO $WHO"), "/tmp\none s1\n", 0);
-    assert_run(&run(Some("s2"), "pwd; echo ${FOO:-unset} $WHO"), "/workspace/s2\nunset s2\n", 0);
+    assert_run(
+        &run(Some("s2"), "pwd; echo ${FOO:-unset} $WHO"),
+        "/workspace/s2\nunset s2\n",
+        0,
+    );
     // No sessionId is the default session, which keeps its own state too.
     assert_run(&run(None, "cd /etc && export BAR=d"), "", 0);
-    assert_run(&run(Some("default"), "pwd; echo $BAR ${FOO:-unset}"), "/etc\nd unset\n", 0);
+    assert_run(
+        &run(Some("default"), "pwd; echo $BAR ${FOO:-unset}"),
+        "/etc\nd unset\n",
+        0,
+    );
     // An unknown session, and the default one that cannot be deleted.
-    run_error(&server, &id);
+    call(
+        &server,
+        Method::POST,
+        "/run",
+        Some(&id),
+        Some(json!({"command": "true", "sessionId": "ghost"})),
+    )
+    .expect_dialect_error(404, "Session not found");
     call(
         &server,
         Method::DELETE,
@@ -394,23 +467,18 @@ fn sessions_keep_cwd_and_env_apart() {
         None,
     )
     .expect(400);
-    call(&server, Method::DELETE, "/session?id=ghost", Some(&id), None)
-        .expect_dialect_error(404, "Session or sandbox not found");
+    call(
+        &server,
+        Method::DELETE,
+        "/session?id=ghost",
+        Some(&id),
+        None,
+    )
+    .expect_dialect_error(404, "Session or sandbox not found");
     // Sessions are native sessions.
     let r = server.request(Method::GET, &format!("/v1/sandboxes/{id}/sessions/s1"));
     r.expect(200);
     assert_eq!(r.json()["cwd"], "/tmp");
-}
-
-fn run_error(server: &Server, id: &str) {
-    call(
-        server,
-        Method::POST,
-        "/run",
-        Some(id),
-        Some(json!({"command": "true", "sessionId": "ghost"})),
-    )
-    .expect_dialect_error(404, "Session not found");
 }
 
 #[test]
@@ -423,13 +491,25 @@ fn sandbox_id_sources_and_errors() {
         (Method::POST, "/session", Some(json!({}))),
         (Method::GET, "/session?id=x", None),
         (Method::DELETE, "/session?id=x", None),
-        (Method::PUT, "/file", Some(json!({"path": "/a", "content": ""}))),
+        (
+            Method::PUT,
+            "/file",
+            Some(json!({"path": "/a", "content": ""})),
+        ),
         (Method::GET, "/file?path=/a", None),
         (Method::DELETE, "/file?path=/a", None),
         (Method::POST, "/mkdir", Some(json!({"path": "/a"}))),
         (Method::GET, "/exists?path=/a", None),
-        (Method::POST, "/rename", Some(json!({"oldPath": "/a", "newPath": "/b"}))),
-        (Method::POST, "/move", Some(json!({"sourcePath": "/a", "destinationPath": "/b"}))),
+        (
+            Method::POST,
+            "/rename",
+            Some(json!({"oldPath": "/a", "newPath": "/b"})),
+        ),
+        (
+            Method::POST,
+            "/move",
+            Some(json!({"sourcePath": "/a", "destinationPath": "/b"})),
+        ),
     ] {
         call(&server, method, p, None, body).expect_dialect_error(400, missing);
     }
@@ -456,11 +536,17 @@ fn sandbox_id_sources_and_errors() {
         call(&server, Method::POST, "/run", Some(&id), Some(body))
             .expect_dialect_error(400, "POST /run expects JSON body { \"command\": \"...\" }");
     }
-    call(&server, Method::PUT, "/file", Some(&id), Some(json!({"content": "x"})))
-        .expect_dialect_error(
-            400,
-            "PUT /file expects JSON body { \"path\": \"...\", \"content\": \"...\" }",
-        );
+    call(
+        &server,
+        Method::PUT,
+        "/file",
+        Some(&id),
+        Some(json!({"content": "x"})),
+    )
+    .expect_dialect_error(
+        400,
+        "PUT /file expects JSON body { \"path\": \"...\", \"content\": \"...\" }",
+    );
     call(&server, Method::GET, "/exists", Some(&id), None)
         .expect_dialect_error(400, "GET /exists requires ?path=/workspace/file.txt");
     call(
@@ -559,7 +645,10 @@ fn mount_bucket_is_not_supported() {
         None,
     );
     r.expect(501);
-    assert!(r.json()["error"].as_str().unwrap().contains("not supported"));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("not supported"));
 }
 
 #[test]
@@ -631,7 +720,10 @@ fn token_is_required() {
             }
             let r = server.send(rb);
             assert_eq!(r.status, 401, "{method} {p} with {auth:?}: {}", r.text());
-            assert!(r.json()["error"].as_str().unwrap().starts_with("Unauthorized"));
+            assert!(r.json()["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("Unauthorized"));
         }
     }
     assert!(server.list_ids().is_empty());

@@ -112,7 +112,14 @@ fn execute_code(server: &Server, id: &str, code: &str) -> Value {
     write(server, id, "/tmp/rlm_exec.py", EXEC_SCRIPT).expect(200);
     let v = exec(server, id, "python3 /tmp/rlm_exec.py");
     assert_eq!(v["exitCode"], 0, "{v}");
-    let last = v["stdout"].as_str().unwrap().trim().lines().last().unwrap_or("{}").to_string();
+    let last = v["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("{}")
+        .to_string();
     serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {v}"))
 }
 
@@ -158,7 +165,10 @@ fn health_routes() {
         assert_health(&r.json());
     }
     let id = unique("h");
-    let r = server.request(Method::GET, &path(&format!("/sandbox/health?sandbox_id={id}")));
+    let r = server.request(
+        Method::GET,
+        &path(&format!("/sandbox/health?sandbox_id={id}")),
+    );
     r.expect(200);
     let v = r.json();
     assert_keys(&v, &["status", "python", "exitCode"]);
@@ -205,7 +215,10 @@ fn error_shapes() {
             .request(Method::GET, &path(&format!("/sandbox/read{q}")))
             .expect_dialect_error(400, "sandbox_id and path query params are required");
     }
-    assert!(server.list_ids().is_empty(), "a refused request created a sandbox");
+    assert!(
+        server.list_ids().is_empty(),
+        "a refused request created a sandbox"
+    );
 
     // Empty content is a valid, empty file.
     let r = write(&server, &id, "/tmp/empty.txt", "");
@@ -249,7 +262,10 @@ fn token_is_required_in_the_dialect_shape() {
     let routes = [
         (Method::POST, "/sandbox/exec".to_string()),
         (Method::POST, "/sandbox/write".to_string()),
-        (Method::GET, format!("/sandbox/read?sandbox_id={id}&path=/tmp/a")),
+        (
+            Method::GET,
+            format!("/sandbox/read?sandbox_id={id}&path=/tmp/a"),
+        ),
         (Method::GET, format!("/sandbox/health?sandbox_id={id}")),
         (Method::GET, "/sandbox/unknown".to_string()),
     ];
@@ -258,7 +274,11 @@ fn token_is_required_in_the_dialect_shape() {
         assert_eq!(r.status, 401, "{method} {p}: {}", r.text());
         assert_eq!(r.json(), json!({"error": "Authorization header required"}));
         // What the client sends without a token of its own: "Bearer ".
-        for wrong in ["Bearer ".to_string(), format!("Bearer {token}x"), token.clone()] {
+        for wrong in [
+            "Bearer ".to_string(),
+            format!("Bearer {token}x"),
+            token.clone(),
+        ] {
             let r = server.send(
                 server
                     .req_anon(method.clone(), &path(p))
@@ -269,7 +289,10 @@ fn token_is_required_in_the_dialect_shape() {
             assert_eq!(r.json(), json!({"error": "Invalid token"}));
         }
     }
-    assert!(server.list_ids().is_empty(), "a refused request created a sandbox");
+    assert!(
+        server.list_ids().is_empty(),
+        "a refused request created a sandbox"
+    );
     // `/` and `/health` need no token.
     for p in ["", "/health"] {
         let r = server.send(server.req_anon(Method::GET, &path(p)));
@@ -312,7 +335,11 @@ fn root_dialect_rlm_serves_sandbox_exec_at_root() {
     r.expect(200);
     assert_eq!(r.json(), json!({"content": "r", "success": true}));
     // Auth at the root is the dialect's, natively-routed paths keep theirs.
-    let r = server.send(server.req_anon(Method::POST, "/sandbox/exec").json(&json!({})));
+    let r = server.send(
+        server
+            .req_anon(Method::POST, "/sandbox/exec")
+            .json(&json!({})),
+    );
     assert_eq!(r.json(), json!({"error": "Authorization header required"}));
     server
         .send(server.req_anon(Method::GET, "/v1/sandboxes"))
@@ -354,7 +381,10 @@ fn unknown_root_dialect_is_a_startup_error() {
             Duration::from_secs(20),
         )
         .expect("sandpit serve should exit");
-        assert!(!status.success(), "started with --root-dialect {name}: {out}");
+        assert!(
+            !status.success(),
+            "started with --root-dialect {name}: {out}"
+        );
         assert!(
             out.contains(&format!("--root-dialect '{name}'")) && out.contains(says),
             "{out}"

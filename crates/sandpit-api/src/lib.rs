@@ -28,7 +28,7 @@ pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub manager: Arc<SandboxManager>,
-    /// Bearer token required on every route but `/health`; `None` disables auth.
+    /// Bearer token required on every route but `/health` and `/openapi.json`; `None` disables auth.
     pub token: Option<Arc<str>>,
     pub metrics: PrometheusHandle,
     /// Largest file upload accepted, in bytes.
