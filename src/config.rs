@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// A TOML file with any of the settings below and [defaults].
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Also serve this dialect (acontext, artifact, rlm) at `/`, for clients whose worker
+    /// Also serve this dialect (acontext, artifact, rlm, kapin) at `/`, for clients whose worker
     /// URL cannot carry a path; native routes win where paths collide.
     #[arg(long, value_name = "NAME")]
     pub root_dialect: Option<String>,

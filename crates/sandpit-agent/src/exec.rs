@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use sandpit_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use crate::reaper::{register, Reaper};
+use crate::reaper::{new_session, Reaper};
 
 /// How long output is still collected after the command exits, for background children that
 /// keep its pipes open.
@@ -93,20 +92,7 @@ pub async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let spawned = {
-        let mut table = reaper.lock();
-        cmd.spawn().map(|child| {
-            let rx = register(&mut table, child.id() as i32);
-            (child, rx)
-        })
-    };
+    let spawned = reaper.spawn(new_session(&mut cmd));
     let (mut child, exited) = match spawned {
         Ok(pair) => pair,
         Err(e) => {

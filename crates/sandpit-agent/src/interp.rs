@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::exec::{kill_tree, Sink};
 use crate::procs::now_ms;
-use crate::reaper::{register, Reaper};
+use crate::reaper::Reaper;
 
 const DRIVER_DIR: &str = "/run/sandpit/interp";
 const PYTHON_DRIVER: &str = include_str!("../drivers/python_driver.py");
@@ -232,17 +232,12 @@ impl Contexts {
                 Ok(())
             });
         }
-        let (mut child, exited) = {
-            let mut table = self.reaper.lock();
-            let child = cmd.spawn().map_err(|e| {
-                AgentError::new(
-                    ErrorCode::BadRequest,
-                    format!("cannot start {program}: {e}"),
-                )
-            })?;
-            let rx = register(&mut table, child.id() as i32);
-            (child, rx)
-        };
+        let (mut child, exited) = self.reaper.spawn(&mut cmd).map_err(|e| {
+            AgentError::new(
+                ErrorCode::BadRequest,
+                format!("cannot start {program}: {e}"),
+            )
+        })?;
         drop((req_r, ev_w));
         let pid = child.id() as i32;
         let raw: RawSlot = Arc::default();

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
-use crate::reaper::{register, Reaper};
+use crate::reaper::{new_session, Reaper};
 
 const PROCS_DIR: &str = "/run/sandpit/procs";
 
@@ -105,25 +104,13 @@ impl Procs {
             .stdin(Stdio::piped())
             .stdout(stdout)
             .stderr(stderr);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
-        let (child, exit_rx) = {
-            let mut table = self.reaper.lock();
-            let child = cmd.spawn().map_err(|e| {
-                let _ = std::fs::remove_dir_all(&dir);
-                AgentError::new(
-                    ErrorCode::BadRequest,
-                    format!("cannot start {program}: {e}"),
-                )
-            })?;
-            let rx = register(&mut table, child.id() as i32);
-            (child, rx)
-        };
+        let (child, exit_rx) = self.reaper.spawn(new_session(&mut cmd)).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            AgentError::new(
+                ErrorCode::BadRequest,
+                format!("cannot start {program}: {e}"),
+            )
+        })?;
         let mut child = child;
         let pid = child.id() as i32;
         let stdin = child

@@ -15,7 +15,7 @@ use sandpit_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::exec::{kill_tree, signal_tree, Sink};
-use crate::reaper::{register, Reaper};
+use crate::reaper::Reaper;
 
 fn winsize(cols: u16, rows: u16) -> Winsize {
     Winsize {
@@ -88,13 +88,7 @@ where
             Ok(())
         });
     }
-    let spawned = {
-        let mut table = reaper.lock();
-        cmd.spawn().map(|child| {
-            let rx = register(&mut table, child.id() as i32);
-            (child, rx)
-        })
-    };
+    let spawned = reaper.spawn(&mut cmd);
     drop(pty.slave);
     let (child, mut exited) = match spawned {
         Ok(pair) => pair,

@@ -4,6 +4,8 @@
 //! can never be reaped before its waiter is known.
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -43,8 +45,7 @@ impl Reaper {
         reaper
     }
 
-    /// Locks the waiter table: spawn while holding it, then `register`.
-    pub fn lock(&self) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<ExitCode>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<ExitCode>>> {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -68,12 +69,29 @@ impl Reaper {
     }
 }
 
-/// Registers interest in `pid` while the table is locked.
-pub fn register(
-    table: &mut HashMap<i32, oneshot::Sender<ExitCode>>,
-    pid: i32,
-) -> oneshot::Receiver<ExitCode> {
-    let (tx, rx) = oneshot::channel();
-    table.insert(pid, tx);
-    rx
+impl Reaper {
+    /// Spawns `cmd` and registers for its exit under the waiter lock, so the exit can never
+    /// be reaped before its waiter is known.
+    pub fn spawn(
+        &self,
+        cmd: &mut Command,
+    ) -> std::io::Result<(Child, oneshot::Receiver<ExitCode>)> {
+        let mut table = self.lock();
+        let child = cmd.spawn()?;
+        let (tx, rx) = oneshot::channel();
+        table.insert(child.id() as i32, tx);
+        Ok((child, rx))
+    }
+}
+
+/// Makes `cmd` the leader of a new session (and process group) when it starts, so its whole
+/// tree can be found and signalled later.
+pub fn new_session(cmd: &mut Command) -> &mut Command {
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        })
+    }
 }

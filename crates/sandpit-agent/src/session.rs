@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::exec::{descendants, kill_all, kill_tree, Sink};
 use crate::procs::now_ms;
-use crate::reaper::{register, Reaper};
+use crate::reaper::Reaper;
 
 const SESSIONS_DIR: &str = "/run/sandpit/sessions";
 /// How often a running command's output files are checked for new bytes.
@@ -185,12 +185,7 @@ impl Sessions {
                 Ok(())
             });
         }
-        let (mut child, exited) = {
-            let mut table = self.reaper.lock();
-            let child = cmd.spawn().map_err(io)?;
-            let rx = register(&mut table, child.id() as i32);
-            (child, rx)
-        };
+        let (mut child, exited) = self.reaper.spawn(&mut cmd).map_err(io)?;
         drop(ctl_w);
         let pid = child.id() as i32;
         let stdin = child

@@ -10,6 +10,7 @@
 
 pub mod acontext;
 pub mod artifact;
+pub mod kapin;
 pub mod rlm;
 
 use axum::body::Bytes;
@@ -55,9 +56,14 @@ pub enum AuthFailure {
 }
 
 /// Every dialect sandpit serves.
-pub const DIALECTS: [&Dialect; 3] = [&acontext::DIALECT, &artifact::DIALECT, &rlm::DIALECT];
+pub const DIALECTS: [&Dialect; 4] = [
+    &acontext::DIALECT,
+    &artifact::DIALECT,
+    &rlm::DIALECT,
+    &kapin::DIALECT,
+];
 /// Dialects described in the source documents but not built yet.
-const PLANNED: [&str; 2] = ["kapin", "agentpod"];
+const PLANNED: [&str; 1] = ["agentpod"];
 
 fn find(name: &str) -> Option<&'static Dialect> {
     DIALECTS.into_iter().find(|d| d.name == name)
@@ -84,13 +90,19 @@ pub fn validate_root_dialect(name: &str) -> Result<(), String> {
 impl Dialect {
     /// The dialect's routes behind its own token check.
     fn serve(&'static self, state: &AppState) -> axum::Router<AppState> {
-        (self.router)()
+        let router = (self.router)()
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
                 (state.clone(), self),
                 authorize,
             ))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(DefaultBodyLimit::max(MAX_BODY));
+        // kapin sends CORS headers on every answer, its 401 and preflights included.
+        if self.name == kapin::DIALECT.name {
+            kapin::with_cors(router)
+        } else {
+            router
+        }
     }
 }
 
@@ -390,7 +402,7 @@ mod tests {
         for d in DIALECTS {
             assert!(validate_root_dialect(d.name).is_ok());
         }
-        let e = validate_root_dialect("kapin").unwrap_err();
+        let e = validate_root_dialect("agentpod").unwrap_err();
         assert!(e.contains("not built yet"), "{e}");
         let e = validate_root_dialect("nope").unwrap_err();
         assert!(e.contains("acontext") && e.contains("rlm"), "{e}");
