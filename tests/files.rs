@@ -353,3 +353,63 @@ fn files_api_and_exec_see_the_same_files() {
     r.expect(200);
     assert_eq!(r.json()["size"], 8);
 }
+
+/// An upload is all or nothing: the file keeps its acknowledged contents until a new upload
+/// completes, even when the server is killed mid-upload, and keeps its owner and mode.
+#[test]
+fn interrupted_upload_keeps_the_previous_contents() {
+    use std::io::Read;
+    struct Slow {
+        sent: usize,
+    }
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.sent >= 64 << 20 {
+                return Ok(0);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let n = buf.len().min(64 * 1024);
+            buf[..n].fill(b'x');
+            self.sent += n;
+            Ok(n)
+        }
+    }
+    let mut server = Server::start();
+    let id = server.new_sandbox();
+    server.put_file(&id, "/workspace/keep.txt", b"acknowledged");
+    server.run_ok(
+        &id,
+        "chown 1000:1000 /workspace/keep.txt && chmod 600 /workspace/keep.txt",
+    );
+    let url = server.url(&Server::files_path(&id, "", "/workspace/keep.txt"));
+    let upload = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .put(url)
+            .body(reqwest::blocking::Body::new(Slow { sent: 0 }))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    server.kill9();
+    let _ = upload.join();
+    server.restart();
+    assert_eq!(server.get_file(&id, "/workspace/keep.txt"), b"acknowledged");
+    assert_eq!(
+        server
+            .run_ok(&id, "stat -c '%u %g %a' /workspace/keep.txt")
+            .trim(),
+        "1000 1000 600"
+    );
+    // No half-written temporary file is left visible in the directory.
+    let listing = server.run_ok(&id, "ls -A /workspace");
+    assert_eq!(listing.trim(), "keep.txt", "{listing}");
+    // A complete upload replaces it and keeps owner and mode.
+    server.put_file(&id, "/workspace/keep.txt", b"new");
+    assert_eq!(server.get_file(&id, "/workspace/keep.txt"), b"new");
+    assert_eq!(
+        server
+            .run_ok(&id, "stat -c '%u %g %a' /workspace/keep.txt")
+            .trim(),
+        "1000 1000 600"
+    );
+}

@@ -217,38 +217,20 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut failure = check(path).err();
-    let mut file = None;
+    let mut upload = None;
     if failure.is_none() {
-        let opened = async {
-            if let Some(parent) = Path::new(path).parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            let mut opts = tokio::fs::OpenOptions::new();
-            opts.write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode.unwrap_or(0o644))
-                .custom_flags(libc::O_NONBLOCK);
-            let f = opts.open(path).await?;
-            if !f.metadata().await?.is_file() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "not a regular file",
-                ));
-            }
-            Ok(f)
-        }
-        .await;
-        match opened {
-            Ok(f) => file = Some(f),
+        match Upload::start(path, mode).await {
+            Ok(u) => upload = Some(u),
             Err(e) => failure = Some(AgentError::from_io(&e, path)),
         }
     }
+    // A dropped connection returns early here; the upload's temporary file goes with it and
+    // the previous contents of `path` stay.
     loop {
         match read_frame(rd).await? {
             Frame::Data(Channel::Input, data) => {
-                if let (Some(f), None) = (file.as_mut(), &failure) {
-                    if let Err(e) = f.write_all(&data).await {
+                if let (Some(u), None) = (upload.as_mut(), &failure) {
+                    if let Err(e) = u.file.write_all(&data).await {
                         failure = Some(AgentError::from_io(&e, path));
                     }
                 }
@@ -261,11 +243,96 @@ where
             }
         }
     }
-    if let (Some(mut f), None) = (file, &failure) {
-        if let Err(e) = f.flush().await {
+    if let (Some(u), None) = (upload, &failure) {
+        if let Err(e) = u.finish().await {
             failure = Some(AgentError::from_io(&e, path));
         }
     }
     let reply = failure.map_or(Reply::Ok, Reply::Error);
     write_json(wr, &reply).await
+}
+
+/// An upload in progress: written to a temporary file beside the target and renamed over it
+/// only once complete, so a reader never sees half a file and an interrupted upload leaves
+/// the previous contents in place.
+struct Upload {
+    file: tokio::fs::File,
+    temp: std::path::PathBuf,
+    target: std::path::PathBuf,
+    done: bool,
+}
+
+impl Upload {
+    async fn start(path: &str, mode: Option<u32>) -> std::io::Result<Self> {
+        // Writing through a symlink writes its target, as writing the path in place would.
+        let target = match tokio::fs::canonicalize(path).await {
+            Ok(t) => t,
+            Err(_) => std::path::PathBuf::from(path),
+        };
+        let mut perms = mode.unwrap_or(0o644);
+        let mut owner = None;
+        match tokio::fs::metadata(&target).await {
+            Ok(m) if m.is_dir() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "is a directory",
+                ))
+            }
+            Ok(m) if !m.is_file() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ))
+            }
+            Ok(m) => {
+                // The replacement keeps the owner and (unless given) the mode of the file.
+                owner = Some((m.uid(), m.gid()));
+                if mode.is_none() {
+                    perms = m.permissions().mode() & 0o7777;
+                }
+            }
+            _ => {}
+        }
+        let dir = target.parent().unwrap_or(Path::new("/")).to_path_buf();
+        tokio::fs::create_dir_all(&dir).await?;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = dir.join(format!(".{name}.sandpit-upload-{n}"));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(perms)
+            .open(&temp)
+            .await?;
+        if let Some((uid, gid)) = owner {
+            let _ = std::os::unix::fs::chown(&temp, Some(uid), Some(gid));
+        }
+        let _ = tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(perms)).await;
+
+        Ok(Self {
+            file,
+            temp,
+            target,
+            done: false,
+        })
+    }
+
+    async fn finish(mut self) -> std::io::Result<()> {
+        self.file.flush().await?;
+        tokio::fs::rename(&self.temp, &self.target).await?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
 }
