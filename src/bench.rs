@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Concurrent clients in the throughput run.
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Size in MiB of the file uploaded and downloaded.
+    #[arg(long, default_value_t = 256)]
+    file_mb: usize,
 }
 
 struct Stats {
@@ -180,7 +183,7 @@ fn spawn_ok(cmd: &mut Command) -> anyhow::Result<()> {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let n = args.iterations.max(10);
-    let (base, _server) = match &args.server {
+    let (base, server) = match &args.server {
         Some(url) => (url.trim_end_matches('/').to_string(), None),
         None => {
             let (url, server) = start_server()?;
@@ -254,6 +257,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     let per_second = total as f64 / args.throughput_seconds as f64;
+    let files = file_throughput(&c, &base, &id, args.file_mb)?;
 
     for i in 0..=k {
         let sid = if i == 0 {
@@ -288,5 +292,47 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "throughput: {per_second:.0} exec/s with {} concurrent clients over {} s",
         args.clients, args.throughput_seconds
     );
+    println!(
+        "files: {} MiB upload {:.0} MB/s, download {:.0} MB/s",
+        args.file_mb, files.0, files.1
+    );
+    if let Some(server) = &server {
+        if let Some(kib) = peak_rss_kib(server.child.id()) {
+            println!("server peak RSS over the whole run: {} MiB", kib / 1024);
+        }
+    }
     Ok(())
+}
+
+/// Uploads and downloads a file of `mb` MiB through the API; MB/s each way.
+fn file_throughput(
+    c: &reqwest::blocking::Client,
+    base: &str,
+    id: &str,
+    mb: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let size = mb << 20;
+    let body: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+    let url = format!("{base}/v1/sandboxes/{id}/files?path=/workspace/bench.bin");
+    let t = Instant::now();
+    let resp = c.put(&url).body(body).send()?;
+    if !resp.status().is_success() {
+        bail!("upload failed: {}", resp.status());
+    }
+    let up = size as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let t = Instant::now();
+    let mut resp = c.get(&url).send()?;
+    let got = std::io::copy(&mut resp, &mut std::io::sink())?;
+    if got as usize != size {
+        bail!("download returned {got} bytes, not {size}");
+    }
+    let down = size as f64 / t.elapsed().as_secs_f64() / 1e6;
+    Ok((up, down))
+}
+
+/// The peak resident memory of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
