@@ -252,11 +252,16 @@ where
     write_json(wr, &reply).await
 }
 
+/// Bytes gathered before each write of an upload.
+const UPLOAD_BUFFER: usize = 4 * 1024 * 1024;
+
 /// An upload in progress: written to a temporary file beside the target and renamed over it
 /// only once complete, so a reader never sees half a file and an interrupted upload leaves
 /// the previous contents in place.
 struct Upload {
-    file: tokio::fs::File,
+    /// Buffered so that a large upload becomes few large writes: each write of a tokio file
+    /// is a trip through the blocking thread pool.
+    file: tokio::io::BufWriter<tokio::fs::File>,
     temp: std::path::PathBuf,
     target: std::path::PathBuf,
     done: bool,
@@ -314,7 +319,7 @@ impl Upload {
         let _ = tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(perms)).await;
 
         Ok(Self {
-            file,
+            file: tokio::io::BufWriter::with_capacity(UPLOAD_BUFFER, file),
             temp,
             target,
             done: false,

@@ -111,7 +111,9 @@ async fn serve(stream: UnixStream, state: State) -> Result<(), ProtoError> {
         procs,
         contexts,
     } = &state;
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
+    // Frames are read in two small reads each: buffer them.
+    let mut rd = tokio::io::BufReader::with_capacity(256 * 1024, rd);
     loop {
         let req: Request = match read_frame(&mut rd).await {
             Ok(Frame::Json(body)) => serde_json_from(&body)?,
