@@ -144,123 +144,20 @@ fn launch(cfg: &JailConfig) -> Fallible<Launched> {
     }
     // Leave the server's session so that signals to its terminal never reach the sandbox.
     let _ = nix::unistd::setsid();
-    let (status_r, status_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
-        "pipe".into()
-    })?;
-    let (go_r, go_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
-        "pipe".into()
-    })?;
-
-    // SAFETY: this process is single-threaded (the jail runs no runtime and spawns no
-    // threads), so the child may use any function after fork.
-    match unsafe { fork() } {
-        Err(e) => Err(format!("fork: {e}")),
-        Ok(ForkResult::Child) => {
-            drop(status_r);
-            drop(go_w);
-            let mut status = fs::File::from(status_w);
-            let code = match child(cfg, &mut status, go_r, &listener, &log) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = say(&status, &format!("E {}", e.replace('\n', " ")));
-                    1
-                }
-            };
-            // SAFETY: _exit ends the forked child without running the parent's destructors
-            // or flushing buffers it shares with the parent.
-            unsafe { libc::_exit(code) }
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(status_w);
-            drop(go_r);
-            let result = supervise(cfg, child, status_r, go_w);
-            let _ = waitpid(child, None);
-            result
-        }
-    }
-}
-
-/// Removes the sandbox's directory from inside a user namespace with the sandbox's id map:
-/// rootless with subordinate ids, files the sandbox's other users own are not the server
-/// user's to delete on the host.
-fn remove_as_sandbox_root(cfg: &JailConfig) -> Fallible<()> {
-    let (status_r, status_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
-        "pipe".into()
-    })?;
-    let (go_r, go_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
-        "pipe".into()
-    })?;
-    // SAFETY: single-threaded, as in `launch`.
-    match unsafe { fork() } {
-        Err(e) => Err(format!("fork: {e}")),
-        Ok(ForkResult::Child) => {
-            drop(status_r);
-            drop(go_w);
-            let status = fs::File::from(status_w);
-            let mut go = fs::File::from(go_r);
-            let result = ctx(unshare(CloneFlags::CLONE_NEWUSER), || {
-                "unshare(user)".into()
-            })
-            .and_then(|()| ctx(say(&status, "U"), || "asking for id maps".into()))
-            .and_then(|()| {
-                ctx(go.read_exact(&mut [0u8; 1]), || {
-                    "waiting for id maps".into()
-                })
-            })
-            .and_then(|()| become_root(false))
-            .and_then(|()| {
-                crate::native::remove_tree(&cfg.sandbox_dir)
-                    .map_err(|(p, e)| format!("removing {}: {e}", p.display()))
-            });
-            let code = match result {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = say(&status, &format!("E {}", e.replace('\n', " ")));
-                    1
-                }
-            };
-            // SAFETY: see `launch`.
-            unsafe { libc::_exit(code) }
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(status_w);
-            drop(go_r);
-            let mut go = fs::File::from(go_w);
-            let mut failure = None;
-            for line in BufReader::new(fs::File::from(status_r)).lines() {
-                let line = line.map_err(|e| format!("reading status: {e}"))?;
-                if line == "U" {
-                    write_id_maps(cfg, child)?;
-                    ctx(go.write_all(b"g"), || "signalling child".into())?;
-                } else if let Some(msg) = line.strip_prefix("E ") {
-                    failure = Some(msg.to_string());
-                }
-            }
-            let _ = waitpid(child, None);
-            failure.map_or(Ok(()), Err)
-        }
-    }
-}
-
-/// Host side: answers the child's request for id maps and collects the init's pid.
-fn supervise(cfg: &JailConfig, child: Pid, status_r: OwnedFd, go_w: OwnedFd) -> Fallible<Launched> {
-    let mut go = fs::File::from(go_w);
-    let reader = BufReader::new(fs::File::from(status_r));
     let mut init: Option<i32> = None;
     let mut ready = false;
-    for line in reader.lines() {
-        let line = line.map_err(|e| format!("reading jail status: {e}"))?;
-        if line == "U" {
-            write_id_maps(cfg, child)?;
-            ctx(go.write_all(b"g"), || "signalling child".into())?;
-        } else if let Some(pid) = line.strip_prefix("P ") {
-            init = pid.parse().ok();
-        } else if line == "R" {
-            ready = true;
-        } else if let Some(msg) = line.strip_prefix("E ") {
-            return Err(format!("sandbox '{}': {msg}", cfg.id));
-        }
-    }
+    fork_with_id_maps(
+        cfg,
+        |h| child(cfg, h, &listener, &log),
+        |line| {
+            if let Some(pid) = line.strip_prefix("P ") {
+                init = pid.parse().ok();
+            } else if line == "R" {
+                ready = true;
+            }
+        },
+    )
+    .map_err(|e| format!("sandbox '{}': {e}", cfg.id))?;
     match (init, ready) {
         (Some(pid), true) => Ok(Launched {
             pid,
@@ -272,6 +169,107 @@ fn supervise(cfg: &JailConfig, child: Pid, status_r: OwnedFd, go_w: OwnedFd) -> 
             cfg.log().display()
         )),
     }
+}
+
+/// The child's end of the id-map handshake: its status pipe to the host side, and the pipe
+/// on which the host side says the maps are written.
+struct Handshake {
+    status: fs::File,
+    go: fs::File,
+}
+
+impl Handshake {
+    /// After unsharing the user namespace: asks the host side for id maps, waits for them,
+    /// and becomes root in the namespace.
+    fn request_maps(&mut self, privileged: bool) -> Fallible<()> {
+        ctx(say(&self.status, "U"), || "asking for id maps".into())?;
+        ctx(self.go.read_exact(&mut [0u8; 1]), || {
+            "waiting for id maps".into()
+        })?;
+        become_root(privileged)
+    }
+}
+
+/// Forks a child that runs `body`. The host side writes the child's id maps when it asks
+/// (`U`), hands every other status line to `on_line`, and returns the child's error (`E`)
+/// if it reported one, once the status pipe has closed and the child has been reaped.
+fn fork_with_id_maps(
+    cfg: &JailConfig,
+    body: impl FnOnce(&mut Handshake) -> Fallible<()>,
+    mut on_line: impl FnMut(&str),
+) -> Fallible<()> {
+    let (status_r, status_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
+        "pipe".into()
+    })?;
+    let (go_r, go_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), || {
+        "pipe".into()
+    })?;
+    // SAFETY: this process is single-threaded (the jail runs no runtime and spawns no
+    // threads), so the child may use any function after fork.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop((status_r, go_w));
+            let mut h = Handshake {
+                status: fs::File::from(status_w),
+                go: fs::File::from(go_r),
+            };
+            let code = match body(&mut h) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = say(&h.status, &format!("E {}", e.replace('\n', " ")));
+                    1
+                }
+            };
+            // SAFETY: _exit ends the forked child without running the parent's destructors
+            // or flushing buffers it shares with the parent.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop((status_w, go_r));
+            let mut go = fs::File::from(go_w);
+            let answer = || -> Fallible<Option<String>> {
+                for line in BufReader::new(fs::File::from(status_r)).lines() {
+                    let line = line.map_err(|e| format!("reading jail status: {e}"))?;
+                    if line == "U" {
+                        write_id_maps(cfg, child)?;
+                        ctx(go.write_all(b"g"), || "signalling child".into())?;
+                    } else if let Some(msg) = line.strip_prefix("E ") {
+                        return Ok(Some(msg.to_string()));
+                    } else {
+                        on_line(&line);
+                    }
+                }
+                Ok(None)
+            };
+            let result = answer();
+            // On any failure the child sees its pipes close and exits; reap it either way.
+            drop(go);
+            let _ = waitpid(child, None);
+            match result? {
+                Some(msg) => Err(msg),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Removes the sandbox's directory from inside a user namespace with the sandbox's id map:
+/// rootless with subordinate ids, files the sandbox's other users own are not the server
+/// user's to delete on the host.
+fn remove_as_sandbox_root(cfg: &JailConfig) -> Fallible<()> {
+    fork_with_id_maps(
+        cfg,
+        |h| {
+            ctx(unshare(CloneFlags::CLONE_NEWUSER), || {
+                "unshare(user)".into()
+            })?;
+            h.request_maps(false)?;
+            crate::native::remove_tree(&cfg.sandbox_dir)
+                .map_err(|(p, e)| format!("removing {}: {e}", p.display()))
+        },
+        |_| {},
+    )
 }
 
 fn write_id_maps(cfg: &JailConfig, child: Pid) -> Fallible<()> {
@@ -321,8 +319,7 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// The child: enters the namespaces, becomes root there, forks the sandbox's init.
 fn child(
     cfg: &JailConfig,
-    status: &mut fs::File,
-    go_r: OwnedFd,
+    h: &mut Handshake,
     listener: &UnixListener,
     log: &fs::File,
 ) -> Fallible<()> {
@@ -331,13 +328,6 @@ fn child(
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWCGROUP;
-    let mut go = fs::File::from(go_r);
-    let mut request_maps = |status: &mut fs::File| -> Fallible<()> {
-        ctx(say(status, "U"), || "asking for id maps".into())?;
-        let mut b = [0u8; 1];
-        ctx(go.read_exact(&mut b), || "waiting for id maps".into())?;
-        become_root(cfg.privileged)
-    };
     if cfg.privileged {
         // Host root does the binds, so that paths only root may traverse still work; the
         // second mount namespace, owned by the sandbox's user namespace, locks them.
@@ -347,34 +337,34 @@ fn child(
             unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | rest),
             || "unshare(user, mount, pid, net, uts, ipc, cgroup)".into(),
         )?;
-        request_maps(status)?;
+        h.request_maps(cfg.privileged)?;
     } else {
         ctx(
             unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS),
             || "unshare(user, mount)".into(),
         )?;
-        request_maps(status)?;
+        h.request_maps(cfg.privileged)?;
         host_mounts(cfg)?;
         ctx(unshare(rest), || {
             "unshare(pid, net, uts, ipc, cgroup)".into()
         })?;
     }
-    // SAFETY: still single-threaded; see `launch`.
+    // SAFETY: still single-threaded; see `fork_with_id_maps`.
     match unsafe { fork() } {
         Err(e) => Err(format!("fork of init: {e}")),
         Ok(ForkResult::Parent { child }) => {
-            ctx(say(status, &format!("P {child}")), || {
+            ctx(say(&h.status, &format!("P {child}")), || {
                 "reporting init pid".into()
             })?;
             Ok(())
         }
         Ok(ForkResult::Child) => {
-            let err = match init(cfg, status, listener, log) {
+            let err = match init(cfg, &h.status, listener, log) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
-            let _ = say(status, &format!("E {}", err.replace('\n', " ")));
-            // SAFETY: see `launch`.
+            let _ = say(&h.status, &format!("E {}", err.replace('\n', " ")));
+            // SAFETY: see `fork_with_id_maps`.
             unsafe { libc::_exit(1) }
         }
     }
@@ -519,7 +509,7 @@ fn bind_ro(src: &Path, dst: &Path) -> Fallible<()> {
 /// PID 1 of the sandbox: finishes the mounts, pivots, drops privileges, execs the agent.
 fn init(
     cfg: &JailConfig,
-    status: &mut fs::File,
+    status: &fs::File,
     listener: &UnixListener,
     log: &fs::File,
 ) -> Fallible<std::convert::Infallible> {
