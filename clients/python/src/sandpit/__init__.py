@@ -1,0 +1,130 @@
+"""sandpit: the Python SDK of the sandpit sandbox server.
+
+Three layers: a client that owns one connection pool (``Client``, ``AsyncClient``), a
+sandbox facade (``Sandbox``: exec, streams, files, processes, code, snapshots) with a lazy
+default session, and session objects (``Session``) whose shell state persists.
+
+    from sandpit import Client
+
+    with Client() as client, client.create() as sb:
+        print(sb.exec("python3 --version").check().stdout)
+"""
+
+from .aio import (
+    AsyncClient,
+    AsyncCodeContext,
+    AsyncContexts,
+    AsyncFiles,
+    AsyncProcess,
+    AsyncProcesses,
+    AsyncSandbox,
+    AsyncSession,
+    AsyncSessions,
+    AsyncSnapshots,
+)
+from .client import (
+    Client,
+    CodeContext,
+    Contexts,
+    Files,
+    Process,
+    Processes,
+    Sandbox,
+    Session,
+    Sessions,
+    Snapshots,
+)
+from .errors import (
+    AuthError,
+    BadRequestError,
+    CodeError,
+    CommandError,
+    ConflictError,
+    ConnectionError,
+    NotFoundError,
+    PayloadTooLargeError,
+    SandpitError,
+    ServerError,
+    TimeoutError,
+)
+from .models import (
+    CodeEvent,
+    ContextInfo,
+    ExecEvent,
+    ExecResult,
+    Execution,
+    ExecutionError,
+    ExitEvent,
+    FileEntry,
+    Limits,
+    LogEvent,
+    PortReady,
+    ProcessInfo,
+    ProcessLogs,
+    Result,
+    ResultEvent,
+    SandboxInfo,
+    SessionInfo,
+    SnapshotInfo,
+    StartEvent,
+    StderrEvent,
+    StdoutEvent,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncCodeContext",
+    "AsyncContexts",
+    "AsyncFiles",
+    "AsyncProcess",
+    "AsyncProcesses",
+    "AsyncSandbox",
+    "AsyncSession",
+    "AsyncSessions",
+    "AsyncSnapshots",
+    "AuthError",
+    "BadRequestError",
+    "Client",
+    "CodeContext",
+    "CodeError",
+    "CodeEvent",
+    "CommandError",
+    "ConflictError",
+    "ConnectionError",
+    "ContextInfo",
+    "Contexts",
+    "ExecEvent",
+    "ExecResult",
+    "Execution",
+    "ExecutionError",
+    "ExitEvent",
+    "FileEntry",
+    "Files",
+    "Limits",
+    "LogEvent",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PortReady",
+    "Process",
+    "ProcessInfo",
+    "ProcessLogs",
+    "Processes",
+    "Result",
+    "ResultEvent",
+    "Sandbox",
+    "SandboxInfo",
+    "SandpitError",
+    "ServerError",
+    "Session",
+    "SessionInfo",
+    "Sessions",
+    "SnapshotInfo",
+    "Snapshots",
+    "StartEvent",
+    "StderrEvent",
+    "StdoutEvent",
+    "TimeoutError",
+    "__version__",
+]

@@ -1,0 +1,790 @@
+"""The asyncio SDK: ``AsyncClient`` and the same facade as ``sandpit.client``, with
+coroutines for calls and async iterators for streams.
+
+    async with AsyncClient() as client:
+        async with client.create() as sb:
+            result = await sb.exec("echo hi")
+            async for event in sb.stream("make"):
+                ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import (
+    IO,
+    Any,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    Generator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Type,
+    Union,
+    cast,
+)
+
+import httpx
+
+from . import _api
+from ._api import UNSET, Call, Command
+from .client import CHUNK, PathLike
+from .errors import ConnectionError, NotFoundError, TimeoutError, from_body, from_event
+from .models import (
+    CodeEvent,
+    ContextInfo,
+    ExecEvent,
+    ExecResult,
+    Execution,
+    FileEntry,
+    Limits,
+    LogEvent,
+    PortReady,
+    ProcessInfo,
+    ProcessLogs,
+    SandboxInfo,
+    SessionInfo,
+    SnapshotInfo,
+    parse_event,
+)
+
+
+class _AsyncTransport:
+    """Sends ``Call``s over one ``httpx.AsyncClient``; same rules as the sync transport."""
+
+    def __init__(self, settings: _api.Settings, http: Optional[httpx.AsyncClient]) -> None:
+        self.settings = settings
+        self._own = http is None
+        self.http = http or httpx.AsyncClient(
+            base_url=settings.base_url,
+            headers=settings.headers,
+            timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
+        )
+
+    def _timeout(self, call: Call) -> Any:
+        if call.timeout is UNSET:
+            return httpx.USE_CLIENT_DEFAULT
+        return httpx.Timeout(self.settings.timeout, connect=10.0, read=call.timeout)
+
+    async def _send(self, call: Call, stream: bool) -> httpx.Response:
+        attempt = 0
+        while True:
+            request = self.http.build_request(
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.json,
+                content=cast(Any, call.content),
+                headers=call.headers,
+                timeout=self._timeout(call),
+            )
+            try:
+                return await self.http.send(request, stream=stream)
+            except httpx.TimeoutException as e:
+                if not (isinstance(e, httpx.ConnectTimeout) and call.idempotent and attempt < self.settings.retries):
+                    raise TimeoutError(f"{call.method} {call.path}: {e or type(e).__name__}", "client_timeout") from e
+            except httpx.TransportError as e:
+                if not (call.idempotent and attempt < self.settings.retries):
+                    raise ConnectionError(
+                        f"{call.method} {self.settings.base_url}{call.path}: {e or type(e).__name__}",
+                        "connection_error",
+                    ) from e
+            await asyncio.sleep(0.1 * 2**attempt)
+            attempt += 1
+
+    async def send(self, call: Call) -> httpx.Response:
+        resp = await self._send(call, stream=False)
+        if resp.status_code >= 400:
+            raise from_body(resp.status_code, resp.content)
+        return resp
+
+    async def json(self, call: Call) -> Any:
+        resp = await self.send(call)
+        if not resp.content:
+            return None
+        return resp.json()
+
+    @asynccontextmanager
+    async def stream(self, call: Call) -> AsyncIterator[httpx.Response]:
+        resp = await self._send(call, stream=True)
+        try:
+            if resp.status_code >= 400:
+                raise from_body(resp.status_code, await resp.aread())
+            yield resp
+        except httpx.TimeoutException as e:
+            raise TimeoutError(f"{call.method} {call.path}: read timed out", "client_timeout") from e
+        except httpx.TransportError as e:
+            raise ConnectionError(f"{call.method} {call.path}: {e}", "connection_error") from e
+        finally:
+            await resp.aclose()
+
+    async def events(self, call: Call) -> AsyncIterator[Any]:
+        """Typed events of an SSE call; an ``error`` event is raised as ``SandpitError``."""
+        decoder = _api.SSEDecoder()
+        async with self.stream(call.sse()) as resp:
+            async for line in resp.aiter_lines():
+                got = decoder.feed(line)
+                if got is None:
+                    continue
+                name, data = got
+                if name == "error":
+                    raise from_event(data)
+                event = parse_event(name, data)
+                if event is not None:
+                    yield event
+            last = decoder.flush()
+            if last is not None:
+                event = parse_event(*last)
+                if event is not None:
+                    yield event
+
+    async def close(self) -> None:
+        if self._own:
+            await self.http.aclose()
+
+
+class _Creating:
+    """What ``AsyncClient.create`` answers: await it for the sandbox, or use it as an async
+    context manager that deletes the sandbox on exit."""
+
+    def __init__(self, make: Callable[[], Awaitable[AsyncSandbox]]) -> None:
+        self._make = make
+        self._sandbox: Optional[AsyncSandbox] = None
+
+    def __await__(self) -> Generator[Any, None, AsyncSandbox]:
+        return self._make().__await__()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        self._sandbox = await self._make()
+        return self._sandbox
+
+    async def __aexit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        if self._sandbox is not None:
+            await self._sandbox.__aexit__(exc_type, exc, tb)
+
+
+class AsyncClient:
+    """Entry point: one connection pool to a sandpit server.
+
+    ``base_url`` defaults to ``$SANDPIT_URL`` or ``http://127.0.0.1:8787``; ``token`` to
+    ``$SANDPIT_AUTH_TOKEN``. ``timeout`` is the default per-call timeout in seconds (calls that
+    wait on the server, such as exec with ``timeout_ms``, wait that long plus a margin).
+    ``retries`` is how often an idempotent call (GET, PUT, DELETE) is resent after a
+    connection error. Pass ``http`` to bring your own ``httpx.AsyncClient``.
+    """
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        timeout: float = _api.DEFAULT_TIMEOUT,
+        retries: int = 2,
+        headers: Optional[Mapping[str, str]] = None,
+        http: Optional[httpx.AsyncClient] = None,
+    ) -> None:
+        self._t = _AsyncTransport(_api.Settings.resolve(base_url, token, timeout, retries, headers), http)
+
+    @property
+    def base_url(self) -> str:
+        return self._t.settings.base_url
+
+    async def health(self) -> Dict[str, Any]:
+        """``GET /health`` (no auth): ``{"status": "ok", "version": ...}``."""
+        return cast(Dict[str, Any], await self._t.json(_api.health()))
+
+    def create(
+        self,
+        id: Optional[str] = None,
+        *,
+        keepalive_seconds: Optional[int] = None,
+        env: Optional[Mapping[str, str]] = None,
+        limits: Union[Limits, Mapping[str, Any], None] = None,
+    ) -> _Creating:
+        """Create a sandbox: ``sb = await client.create()``, or ``async with client.create() as
+        sb:`` to delete it on exit."""
+        call = _api.create_sandbox(id, keepalive_seconds, env, limits)
+
+        async def make() -> AsyncSandbox:
+            return AsyncSandbox(self, SandboxInfo.from_json(await self._t.json(call)))
+
+        return _Creating(make)
+
+    async def get(self, id: str) -> AsyncSandbox:
+        """A handle on an existing sandbox (``NotFoundError`` if there is none)."""
+        return AsyncSandbox(self, SandboxInfo.from_json(await self._t.json(_api.get_sandbox(id))))
+
+    async def list(self) -> List[AsyncSandbox]:
+        """Every sandbox on the server."""
+        payload = await self._t.json(_api.list_sandboxes())
+        return [AsyncSandbox(self, SandboxInfo.from_json(d)) for d in _api.items(payload, "sandboxes")]
+
+    async def delete(self, id: str) -> None:
+        """Delete a sandbox by id."""
+        await self._t.send(_api.delete_sandbox(id))
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """``DELETE /v1/snapshots/{sid}``."""
+        await self._t.send(_api.delete_snapshot(snapshot_id))
+
+    async def close(self) -> None:
+        """Close the connection pool (not the sandboxes)."""
+        await self._t.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        await self.close()
+
+
+class AsyncSandbox:
+    """One sandbox. ``info`` is its last known state (``refresh()`` reloads it).
+
+    ``exec`` runs each command in a fresh process; ``session`` (the lazy default session,
+    id ``"default"``) and ``sessions`` keep ``cd``/``export`` between commands.
+    As a context manager it deletes the sandbox on exit.
+    """
+
+    def __init__(self, client: AsyncClient, info: SandboxInfo) -> None:
+        self.client = client
+        self.info = info
+        self.id = info.id
+        self._t = client._t
+        self.files = AsyncFiles(self)
+        self.sessions = AsyncSessions(self)
+        self.processes = AsyncProcesses(self)
+        self.contexts = AsyncContexts(self)
+        self.snapshots = AsyncSnapshots(self)
+        self._session: Optional[AsyncSession] = None
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, status={self.info.status!r})"
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    @property
+    def session(self) -> AsyncSession:
+        """The default session (``"default"``), created on the server on first use."""
+        if self._session is None:
+            self._session = AsyncSession(self, "default")
+        return self._session
+
+    # lifecycle
+
+    async def refresh(self) -> SandboxInfo:
+        """Reload ``info`` from the server (counts as activity)."""
+        self.info = SandboxInfo.from_json(await self._t.json(_api.get_sandbox(self.id)))
+        return self.info
+
+    async def keepalive(self) -> SandboxInfo:
+        """Push the expiry out by ``keepalive_seconds`` from now."""
+        self.info = SandboxInfo.from_json(await self._t.json(_api.keepalive(self.id)))
+        return self.info
+
+    async def set_keepalive(self, keepalive_seconds: int) -> SandboxInfo:
+        """Change ``keepalive_seconds`` (0 = never expire); the expiry is recomputed from now."""
+        self.info = SandboxInfo.from_json(await self._t.json(_api.update_sandbox(self.id, keepalive_seconds)))
+        return self.info
+
+    async def delete(self) -> None:
+        """Delete the sandbox and everything in it."""
+        await self._t.send(_api.delete_sandbox(self.id))
+
+    async def sleep(self) -> SandboxInfo:
+        """Put the sandbox to sleep (``POST .../sleep``)."""
+        return await self._lifecycle(_api.sleep(self.id))
+
+    async def wake(self) -> SandboxInfo:
+        """Wake a sleeping sandbox (``POST .../wake``)."""
+        return await self._lifecycle(_api.wake(self.id))
+
+    async def _lifecycle(self, call: Call) -> SandboxInfo:
+        payload = await self._t.json(call)
+        if isinstance(payload, dict) and "id" in payload and "status" in payload:
+            self.info = SandboxInfo.from_json(payload)
+            return self.info
+        return await self.refresh()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        try:
+            await self.delete()
+        except NotFoundError:
+            pass
+
+    # commands
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        stdin: Optional[str] = None,
+        timeout_ms: Optional[int] = None,
+        session: Union[str, AsyncSession, None] = None,
+    ) -> ExecResult:
+        """Run a command (shell text, or an argv list run without a shell) and wait for it."""
+        sid = session.id if isinstance(session, AsyncSession) else session
+        call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, None)
+        return ExecResult.from_json(await self._t.json(call))
+
+    def stream(
+        self,
+        command: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        stdin: Optional[str] = None,
+        timeout_ms: Optional[int] = None,
+        session: Union[str, AsyncSession, None] = None,
+        kill_on_disconnect: Optional[bool] = None,
+    ) -> AsyncIterator[ExecEvent]:
+        """Run a command and yield its events as they happen: ``StartEvent``, ``StdoutEvent``,
+        ``StderrEvent`` and finally ``ExitEvent``."""
+        sid = session.id if isinstance(session, AsyncSession) else session
+        call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, kill_on_disconnect)
+        return cast(AsyncIterator[ExecEvent], self._t.events(call))
+
+    # code interpreter
+
+    async def run_code(
+        self,
+        code: str,
+        language: str = "python",
+        context: Union[str, AsyncCodeContext, None] = None,
+        *,
+        timeout_ms: Optional[int] = None,
+        locals: bool = False,
+    ) -> Execution:
+        """Run code in a stateful interpreter (the sandbox's default context of ``language``,
+        or ``context``) and return its output and rich results."""
+        cid = context.id if isinstance(context, AsyncCodeContext) else context
+        lang = None if cid is not None else language
+        return Execution.from_json(await self._t.json(_api.run_code(self.id, code, lang, cid, timeout_ms, locals)))
+
+    def stream_code(
+        self,
+        code: str,
+        language: str = "python",
+        context: Union[str, AsyncCodeContext, None] = None,
+        *,
+        timeout_ms: Optional[int] = None,
+    ) -> AsyncIterator[CodeEvent]:
+        """Like ``run_code``, yielding ``StdoutEvent``/``StderrEvent`` as output is produced and
+        a final ``ResultEvent``."""
+        cid = context.id if isinstance(context, AsyncCodeContext) else context
+        lang = None if cid is not None else language
+        return cast(AsyncIterator[CodeEvent], self._t.events(_api.run_code(self.id, code, lang, cid, timeout_ms, False)))
+
+    # snapshots and git
+
+    async def restore(self, snapshot: Union[str, SnapshotInfo]) -> SandboxInfo:
+        """Restore a snapshot into this sandbox (``POST .../restore``)."""
+        sid = snapshot.id if isinstance(snapshot, SnapshotInfo) else snapshot
+        return await self._lifecycle(_api.restore(self.id, sid))
+
+    async def git_clone(
+        self,
+        url: str,
+        *,
+        branch: Optional[str] = None,
+        depth: Optional[int] = None,
+        dir: Optional[str] = None,
+        token: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """Clone a repository into the sandbox (``POST .../git/clone``); the server's answer."""
+        payload = await self._t.json(_api.git_clone(self.id, url, branch, depth, dir, token))
+        return payload if isinstance(payload, dict) else {}
+
+
+class AsyncFiles:
+    """Files of one sandbox: absolute paths; contents stream in both directions."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sb = sandbox
+        self._t = sandbox._t
+
+    async def read(self, path: str) -> bytes:
+        return (await self._t.send(_api.read_file(self._sb.id, path))).content
+
+    async def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return (await self.read(path)).decode(encoding)
+
+    async def write(self, path: str, data: Union[bytes, str]) -> None:
+        """Replace (or create, with parents) a file with ``data``."""
+        content = data.encode() if isinstance(data, str) else bytes(data)
+        await self._t.send(_api.write_file(self._sb.id, path, content))
+
+    async def write_text(self, path: str, text: str, encoding: str = "utf-8") -> None:
+        await self.write(path, text.encode(encoding))
+
+    async def upload(
+        self,
+        path: str,
+        source: Union[PathLike, IO[bytes], AsyncIterable[bytes]],
+        chunk_size: int = CHUNK,
+    ) -> None:
+        """Stream a local file (a path, a binary file object, or an async iterable of bytes) to
+        ``path``, without loading it into memory. The server replaces the file only once the
+        upload completes."""
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                await self._t.send(_api.write_file(self._sb.id, path, _chunks(f, chunk_size)))
+        elif hasattr(source, "read"):
+            await self._t.send(_api.write_file(self._sb.id, path, _chunks(cast(IO[bytes], source), chunk_size)))
+        else:
+            await self._t.send(_api.write_file(self._sb.id, path, source))
+
+    async def iter_read(self, path: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        """Yield the file's contents in chunks as they arrive."""
+        async with self._t.stream(_api.read_file(self._sb.id, path)) as resp:
+            async for chunk in resp.aiter_bytes(chunk_size):
+                yield chunk
+
+    async def download(self, path: str, dest: Union[PathLike, IO[bytes]], chunk_size: int = CHUNK) -> int:
+        """Stream ``path`` into a local file (a path or a binary file object); returns the byte
+        count. A local path is written only once the download has started successfully."""
+        total = 0
+        async with self._t.stream(_api.read_file(self._sb.id, path)) as resp:
+            if isinstance(dest, (str, os.PathLike)):
+                with open(dest, "wb") as f:
+                    async for chunk in resp.aiter_bytes(chunk_size):
+                        f.write(chunk)
+                        total += len(chunk)
+            else:
+                async for chunk in resp.aiter_bytes(chunk_size):
+                    dest.write(chunk)
+                    total += len(chunk)
+        return total
+
+    async def list(self, path: str = "/workspace") -> List[FileEntry]:
+        """Entries of a directory, sorted by name."""
+        return [FileEntry.from_json(e) for e in _api.items(await self._t.json(_api.list_files(self._sb.id, path)), "entries")]
+
+    async def stat(self, path: str) -> FileEntry:
+        return FileEntry.from_json(await self._t.json(_api.stat_file(self._sb.id, path)))
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except NotFoundError:
+            return False
+        return True
+
+    async def mkdir(self, path: str, parents: bool = True) -> None:
+        await self._t.send(_api.mkdir(self._sb.id, path, parents))
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove a file, or a directory (non-empty ones need ``recursive``)."""
+        await self._t.send(_api.remove_file(self._sb.id, path, recursive))
+
+    async def move(self, src: str, dst: str) -> None:
+        await self._t.send(_api.move(self._sb.id, src, dst))
+
+
+async def _chunks(f: IO[bytes], size: int) -> AsyncIterator[bytes]:
+    # Reads from a local file are short and buffered: not worth a thread per chunk.
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+class AsyncSessions:
+    """Long-lived shells of one sandbox."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sb = sandbox
+        self._t = sandbox._t
+
+    async def create(
+        self, id: Optional[str] = None, *, cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None
+    ) -> AsyncSession:
+        info = SessionInfo.from_json(await self._t.json(_api.create_session(self._sb.id, id, cwd, env)))
+        return AsyncSession(self._sb, info.id, info)
+
+    async def list(self) -> List[AsyncSession]:
+        payload = await self._t.json(_api.list_sessions(self._sb.id))
+        return [AsyncSession(self._sb, i.id, i) for i in map(SessionInfo.from_json, _api.items(payload, "sessions"))]
+
+    async def get(self, id: str) -> AsyncSession:
+        info = SessionInfo.from_json(await self._t.json(_api.get_session(self._sb.id, id)))
+        return AsyncSession(self._sb, info.id, info)
+
+
+class AsyncSession:
+    """A shell whose ``cd``, ``export``, variables and functions persist between commands."""
+
+    def __init__(self, sandbox: AsyncSandbox, id: str, info: Optional[SessionInfo] = None) -> None:
+        self.sandbox = sandbox
+        self.id = id
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"Session(sandbox={self.sandbox.id!r}, id={self.id!r})"
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        stdin: Optional[str] = None,
+        timeout_ms: Optional[int] = None,
+    ) -> ExecResult:
+        return await self.sandbox.exec(command, cwd=cwd, env=env, stdin=stdin, timeout_ms=timeout_ms, session=self.id)
+
+    def stream(
+        self,
+        command: Command,
+        *,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        stdin: Optional[str] = None,
+        timeout_ms: Optional[int] = None,
+    ) -> AsyncIterator[ExecEvent]:
+        return self.sandbox.stream(command, cwd=cwd, env=env, stdin=stdin, timeout_ms=timeout_ms, session=self.id)
+
+    async def refresh(self) -> SessionInfo:
+        """Reload the session (its shell's current directory is read now). The default
+        session is started first if no command has used it yet."""
+        try:
+            self.info = SessionInfo.from_json(await self.sandbox._t.json(_api.get_session(self.sandbox.id, self.id)))
+        except NotFoundError:
+            if self.id != "default":
+                raise
+            await self.exec(":")
+            self.info = SessionInfo.from_json(await self.sandbox._t.json(_api.get_session(self.sandbox.id, self.id)))
+        return self.info
+
+    async def cwd(self) -> str:
+        """The shell's current directory, asked of the server now (a coroutine here, a
+        property on the sync ``Session``)."""
+        return (await self.refresh()).cwd
+
+    async def delete(self) -> None:
+        """End the shell and everything it started."""
+        await self.sandbox._t.send(_api.delete_session(self.sandbox.id, self.id))
+
+
+class AsyncProcesses:
+    """Background processes of one sandbox, by id."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sb = sandbox
+        self._t = sandbox._t
+
+    async def start(
+        self,
+        command: Command,
+        *,
+        id: Optional[str] = None,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> AsyncProcess:
+        """Start a command in the background; its logs are kept in the sandbox."""
+        info = ProcessInfo.from_json(await self._t.json(_api.start_process(self._sb.id, command, id, cwd, env)))
+        return AsyncProcess(self, info)
+
+    async def list(self) -> List[AsyncProcess]:
+        payload = await self._t.json(_api.list_processes(self._sb.id))
+        return [AsyncProcess(self, ProcessInfo.from_json(d)) for d in _api.items(payload, "processes")]
+
+    async def get(self, id: str) -> AsyncProcess:
+        return AsyncProcess(self, ProcessInfo.from_json(await self._t.json(_api.get_process(self._sb.id, id))))
+
+    async def logs(self, id: str, stdout_offset: int = 0, stderr_offset: int = 0) -> ProcessLogs:
+        """Output written since the offsets (pass the answer's offsets back to resume)."""
+        return ProcessLogs.from_json(await self._t.json(_api.process_logs(self._sb.id, id, stdout_offset, stderr_offset)))
+
+    def stream_logs(self, id: str, stdout_offset: int = 0, stderr_offset: int = 0) -> AsyncIterator[LogEvent]:
+        """Follow the logs: ``StdoutEvent``/``StderrEvent`` (with offsets), then ``ExitEvent``."""
+        call = _api.process_logs(self._sb.id, id, stdout_offset, stderr_offset)
+        return cast(AsyncIterator[LogEvent], self._t.events(call))
+
+    async def stdin(self, id: str, data: str, eof: bool = False) -> None:
+        await self._t.send(_api.process_stdin(self._sb.id, id, data, eof))
+
+    async def signal(self, id: str, signal: Union[str, int] = "SIGTERM") -> None:
+        """Signal the process's whole tree (``"SIGTERM"``, ``"SIGINT"``, ``9``...)."""
+        await self._t.send(_api.process_signal(self._sb.id, id, signal))
+
+    async def kill(self, id: str) -> None:
+        """SIGKILL the process's tree; its status and logs stay readable."""
+        await self.signal(id, "SIGKILL")
+
+    async def wait(self, id: str, timeout_ms: Optional[int] = None) -> ProcessInfo:
+        """Wait for the process to exit (server default 30 s); still ``running`` on timeout."""
+        return ProcessInfo.from_json(await self._t.json(_api.process_wait(self._sb.id, id, timeout_ms)))
+
+    async def wait_port(self, id: str, port: int, timeout_ms: Optional[int] = None) -> PortReady:
+        """Wait until the port accepts connections inside the sandbox (``TimeoutError`` after
+        ``timeout_ms``; ``ConflictError`` code ``not_running`` if the process exits first)."""
+        return PortReady.from_json(await self._t.json(_api.process_wait_port(self._sb.id, id, port, timeout_ms)))
+
+    async def delete(self, id: str) -> None:
+        """Kill the tree and forget the process and its logs."""
+        await self._t.send(_api.delete_process(self._sb.id, id))
+
+
+class AsyncProcess:
+    """A handle on one background process; ``info`` is its last known state."""
+
+    def __init__(self, processes: AsyncProcesses, info: ProcessInfo) -> None:
+        self._p = processes
+        self.info = info
+        self.id = info.id
+
+    def __repr__(self) -> str:
+        return f"Process(id={self.id!r}, status={self.info.status!r}, exit_code={self.info.exit_code!r})"
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        return self.info.exit_code
+
+    async def refresh(self) -> ProcessInfo:
+        self.info = (await self._p.get(self.id)).info
+        return self.info
+
+    async def logs(self, stdout_offset: int = 0, stderr_offset: int = 0) -> ProcessLogs:
+        return await self._p.logs(self.id, stdout_offset, stderr_offset)
+
+    def stream_logs(self, stdout_offset: int = 0, stderr_offset: int = 0) -> AsyncIterator[LogEvent]:
+        return self._p.stream_logs(self.id, stdout_offset, stderr_offset)
+
+    async def stdin(self, data: str, eof: bool = False) -> None:
+        await self._p.stdin(self.id, data, eof)
+
+    async def signal(self, signal: Union[str, int] = "SIGTERM") -> None:
+        await self._p.signal(self.id, signal)
+
+    async def kill(self) -> None:
+        await self._p.kill(self.id)
+
+    async def wait(self, timeout_ms: Optional[int] = None) -> ProcessInfo:
+        self.info = await self._p.wait(self.id, timeout_ms)
+        return self.info
+
+    async def wait_port(self, port: int, timeout_ms: Optional[int] = None) -> PortReady:
+        return await self._p.wait_port(self.id, port, timeout_ms)
+
+    async def delete(self) -> None:
+        await self._p.delete(self.id)
+
+
+class AsyncContexts:
+    """Code interpreter contexts of one sandbox."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sb = sandbox
+        self._t = sandbox._t
+
+    async def create(
+        self,
+        language: str = "python",
+        *,
+        id: Optional[str] = None,
+        cwd: Optional[str] = None,
+        env: Optional[Mapping[str, str]] = None,
+        context: Any = None,
+    ) -> AsyncCodeContext:
+        """A fresh interpreter; ``context`` (a string or JSON value) is preloaded as the
+        variable ``context``."""
+        call = _api.create_context(self._sb.id, id, language, cwd, env, context)
+        return AsyncCodeContext(self._sb, ContextInfo.from_json(await self._t.json(call)))
+
+    async def list(self) -> List[AsyncCodeContext]:
+        payload = await self._t.json(_api.list_contexts(self._sb.id))
+        return [AsyncCodeContext(self._sb, ContextInfo.from_json(d)) for d in _api.items(payload, "contexts")]
+
+    async def get(self, id: str) -> AsyncCodeContext:
+        return AsyncCodeContext(self._sb, ContextInfo.from_json(await self._t.json(_api.get_context(self._sb.id, id))))
+
+    async def delete(self, id: str) -> None:
+        await self._t.send(_api.delete_context(self._sb.id, id))
+
+
+class AsyncCodeContext:
+    """A stateful interpreter: variables, imports and functions persist between runs."""
+
+    def __init__(self, sandbox: AsyncSandbox, info: ContextInfo) -> None:
+        self.sandbox = sandbox
+        self.info = info
+        self.id = info.id
+
+    def __repr__(self) -> str:
+        return f"CodeContext(id={self.id!r}, language={self.info.language!r})"
+
+    async def run(self, code: str, *, timeout_ms: Optional[int] = None, locals: bool = False) -> Execution:
+        return await self.sandbox.run_code(code, context=self.id, timeout_ms=timeout_ms, locals=locals)
+
+    def stream(self, code: str, *, timeout_ms: Optional[int] = None) -> AsyncIterator[CodeEvent]:
+        return self.sandbox.stream_code(code, context=self.id, timeout_ms=timeout_ms)
+
+    async def restart(self) -> ContextInfo:
+        """A fresh interpreter in place of this one (state is lost)."""
+        self.info = ContextInfo.from_json(await self.sandbox._t.json(_api.restart_context(self.sandbox.id, self.id)))
+        return self.info
+
+    async def delete(self) -> None:
+        await self.sandbox._t.send(_api.delete_context(self.sandbox.id, self.id))
+
+
+class AsyncSnapshots:
+    """Snapshots of one sandbox's files (``restore`` is on ``AsyncSandbox``)."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sb = sandbox
+        self._t = sandbox._t
+
+    async def create(
+        self, name: Optional[str] = None, *, path: Optional[str] = None, excludes: Optional[Sequence[str]] = None
+    ) -> SnapshotInfo:
+        return SnapshotInfo.from_json(await self._t.json(_api.create_snapshot(self._sb.id, name, path, excludes)))
+
+    async def list(self) -> List[SnapshotInfo]:
+        payload = await self._t.json(_api.list_snapshots(self._sb.id))
+        return [SnapshotInfo.from_json(d) for d in _api.items(payload, "snapshots")]
+
+    async def delete(self, snapshot: Union[str, SnapshotInfo]) -> None:
+        sid = snapshot.id if isinstance(snapshot, SnapshotInfo) else snapshot
+        await self._t.send(_api.delete_snapshot(sid))
+
+
+__all__ = [
+    "AsyncClient",
+    "AsyncSandbox",
+    "AsyncFiles",
+    "AsyncSessions",
+    "AsyncSession",
+    "AsyncProcesses",
+    "AsyncProcess",
+    "AsyncContexts",
+    "AsyncCodeContext",
+    "AsyncSnapshots",
+]
