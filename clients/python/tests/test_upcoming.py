@@ -1,0 +1,71 @@
+"""Snapshots, sleep/wake and git clone: routes the server is gaining in parallel.
+
+Each test skips (with the reason) when the server answers ``route_not_found`` for its route
+family, and exercises it fully once the server has it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import sandpit
+from sandpit import Client, Sandbox
+
+from .conftest import skip_if_route_missing
+
+
+def test_snapshot_list_restore_delete(client: Client, sandbox: Sandbox) -> None:
+    sandbox.files.write_text("/workspace/state.txt", "version one")
+    try:
+        snap = sandbox.snapshots.create("before")
+    except sandpit.SandpitError as e:
+        skip_if_route_missing(e, "snapshot")
+        raise
+    assert snap.id and snap.name == "before" and snap.sandbox_id == sandbox.id
+    assert snap.size_bytes > 0 and snap.created_at is not None
+    assert snap.id in [s.id for s in sandbox.snapshots.list()]
+
+    sandbox.files.write_text("/workspace/state.txt", "version two")
+    sandbox.files.write_text("/workspace/later.txt", "made after the snapshot")
+    sandbox.restore(snap)
+    assert sandbox.files.read_text("/workspace/state.txt") == "version one"
+    assert not sandbox.files.exists("/workspace/later.txt")
+
+    client.delete_snapshot(snap.id)
+    assert snap.id not in [s.id for s in sandbox.snapshots.list()]
+    with pytest.raises(sandpit.NotFoundError):
+        client.delete_snapshot(snap.id)
+
+
+def test_sleep_and_wake_keep_files(sandbox: Sandbox) -> None:
+    sandbox.files.write_text("/workspace/kept.txt", "still here")
+    try:
+        slept = sandbox.sleep()
+    except sandpit.SandpitError as e:
+        skip_if_route_missing(e, "sleep/wake")
+        raise
+    assert slept.status == "sleeping"
+    assert sandbox.refresh().status == "sleeping"
+    assert sandbox.wake().status == "running"
+    assert sandbox.files.read_text("/workspace/kept.txt") == "still here"
+    assert sandbox.exec("echo awake").stdout == "awake\n"
+
+
+def test_git_clone_from_a_repository_served_inside_the_sandbox(sandbox: Sandbox) -> None:
+    # A repository served over git's dumb HTTP protocol on the sandbox's own loopback.
+    setup = sandbox.exec(
+        "set -e; git init -q -b main /srv/src && cd /srv/src"
+        " && echo hello > README && git add README"
+        " && git -c user.email=t@t -c user.name=t commit -qm first"
+        " && git clone -q --bare /srv/src /srv/www/repo.git && git -C /srv/www/repo.git update-server-info"
+    )
+    assert setup.ok, setup.stderr
+    web = sandbox.processes.start(["python3", "-m", "http.server", "8123", "--bind", "127.0.0.1"], cwd="/srv/www")
+    web.wait_port(8123, timeout_ms=30_000)
+    try:
+        sandbox.git_clone("http://127.0.0.1:8123/repo.git", branch="main", dir="/workspace/cloned")
+    except sandpit.SandpitError as e:
+        skip_if_route_missing(e, "git")
+        raise
+    assert sandbox.files.read_text("/workspace/cloned/README") == "hello\n"
+    assert sandbox.exec("git -C /workspace/cloned log --format=%s").stdout == "first\n"
