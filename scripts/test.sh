@@ -4,6 +4,24 @@
 # system user `sandpit-rootless`). Every test binary runs even after a failure
 # (--no-fail-fast). Extra arguments go to `cargo test`, e.g.
 #   scripts/test.sh --test isolation
+# Then, on a full run (no arguments, SANDPIT_SKIP_PYTHON unset), the Python SDK's tests
+# (clients/python/tests) in a venv against the release binary. Fails if either part fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test --release --workspace --no-fail-fast "$@" -- --test-threads 4
+status=0
+cargo test --release --workspace --no-fail-fast "$@" -- --test-threads 4 || status=$?
+
+if [[ $# -eq 0 && -z "${SANDPIT_SKIP_PYTHON:-}" ]]; then
+  target="${CARGO_TARGET_DIR:-$PWD/target}"
+  venv="$target/python-venv"
+  echo "=== Python SDK tests (venv: $venv) ==="
+  if python3 -m venv "$venv" &&
+    "$venv/bin/pip" install -q --disable-pip-version-check ./clients/python pytest pytest-asyncio; then
+    SANDPIT_BIN="$target/release/sandpit" "$venv/bin/python" -m pytest clients/python/tests -q -rs ||
+      status=1
+  else
+    echo "=== could not set up the Python venv ===" >&2
+    status=1
+  fi
+fi
+exit "$status"
