@@ -38,8 +38,11 @@ def test_exec_shell_argv_cwd_env_stdin(sandbox: Sandbox) -> None:
         r.check()
     assert info.value.exit_code == 3 and info.value.code == "command_failed" and "err" in str(info.value)
 
-    r = sandbox.exec(["python3", "-c", "import sys, os; print(sys.argv[1:], os.getcwd(), os.environ['K'])", "a b"],
-                     cwd="/tmp", env={"K": "v"})
+    r = sandbox.exec(
+        ["python3", "-c", "import sys, os; print(sys.argv[1:], os.getcwd(), os.environ['K'])", "a b"],
+        cwd="/tmp",
+        env={"K": "v"},
+    )
     assert r.check().stdout == "['a b'] /tmp v\n"
     assert sandbox.exec("cat", stdin="piped").stdout == "piped"
     assert sandbox.exec(["no-such-program"]).exit_code == 127
@@ -123,7 +126,12 @@ def test_background_processes(sandbox: Sandbox) -> None:
 def test_process_wait_port_signal_and_kill(sandbox: Sandbox) -> None:
     web = sandbox.processes.start(["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1"], cwd="/tmp")
     assert web.wait_port(8000, timeout_ms=30_000).ready
-    assert sandbox.exec("python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/').status)\"").stdout == "200\n"
+    assert (
+        sandbox.exec(
+            "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/').status)\""
+        ).stdout
+        == "200\n"
+    )
     web.signal("SIGTERM")
     assert web.wait(timeout_ms=20_000).status == "exited"
 
@@ -233,7 +241,10 @@ def test_run_code_png_and_rich_reprs(sandbox: Sandbox) -> None:
     assert "image/png" in bundle and isinstance(bundle["image/png"], str)
 
     html = sandbox.run_code(
-        "class T:\n    def _repr_html_(self):\n        return '<b>hi</b>'\n    def __repr__(self):\n        return 'T'\nT()"
+        "class T:\n"
+        "    def _repr_html_(self):\n        return '<b>hi</b>'\n"
+        "    def __repr__(self):\n        return 'T'\n"
+        "T()"
     )
     main = html.main_result
     assert main is not None and main._repr_html_() == "<b>hi</b>" and main.text == "T"

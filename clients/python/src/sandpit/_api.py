@@ -292,9 +292,7 @@ def process_wait(sid: str, pid: str, timeout_ms: Optional[int]) -> Call:
 
 def process_wait_port(sid: str, pid: str, port: int, timeout_ms: Optional[int]) -> Call:
     body = _clean({"port": port, "timeout_ms": timeout_ms})
-    return Call(
-        "POST", sb_path(sid, "processes", _q(pid), "wait-port"), json=body, timeout=_after(timeout_ms, 30_000)
-    )
+    return Call("POST", sb_path(sid, "processes", _q(pid), "wait-port"), json=body, timeout=_after(timeout_ms, 30_000))
 
 
 def delete_process(sid: str, pid: str) -> Call:
@@ -326,9 +324,7 @@ def create_context(
     env: Optional[Mapping[str, str]],
     context: Any,
 ) -> Call:
-    body = _clean(
-        {"id": id, "language": language, "cwd": cwd, "env": dict(env) if env else None, "context": context}
-    )
+    body = _clean({"id": id, "language": language, "cwd": cwd, "env": dict(env) if env else None, "context": context})
     return Call("POST", sb_path(sid, "contexts"), json=body, timeout=120.0)
 
 

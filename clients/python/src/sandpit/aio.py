@@ -394,7 +394,9 @@ class AsyncSandbox:
         a final ``ResultEvent``."""
         cid = context.id if isinstance(context, AsyncCodeContext) else context
         lang = None if cid is not None else language
-        return cast(AsyncIterator[CodeEvent], self._t.events(_api.run_code(self.id, code, lang, cid, timeout_ms, False)))
+        return cast(
+            AsyncIterator[CodeEvent], self._t.events(_api.run_code(self.id, code, lang, cid, timeout_ms, False))
+        )
 
     # snapshots and git
 
@@ -479,7 +481,10 @@ class AsyncFiles:
 
     async def list(self, path: str = "/workspace") -> List[FileEntry]:
         """Entries of a directory, sorted by name."""
-        return [FileEntry.from_json(e) for e in _api.items(await self._t.json(_api.list_files(self._sb.id, path)), "entries")]
+        return [
+            FileEntry.from_json(e)
+            for e in _api.items(await self._t.json(_api.list_files(self._sb.id, path)), "entries")
+        ]
 
     async def stat(self, path: str) -> FileEntry:
         return FileEntry.from_json(await self._t.json(_api.stat_file(self._sb.id, path)))
@@ -616,7 +621,9 @@ class AsyncProcesses:
 
     async def logs(self, id: str, stdout_offset: int = 0, stderr_offset: int = 0) -> ProcessLogs:
         """Output written since the offsets (pass the answer's offsets back to resume)."""
-        return ProcessLogs.from_json(await self._t.json(_api.process_logs(self._sb.id, id, stdout_offset, stderr_offset)))
+        return ProcessLogs.from_json(
+            await self._t.json(_api.process_logs(self._sb.id, id, stdout_offset, stderr_offset))
+        )
 
     def stream_logs(self, id: str, stdout_offset: int = 0, stderr_offset: int = 0) -> AsyncIterator[LogEvent]:
         """Follow the logs: ``StdoutEvent``/``StderrEvent`` (with offsets), then ``ExitEvent``."""

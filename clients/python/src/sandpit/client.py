@@ -179,7 +179,9 @@ class Client:
         limits: Union[Limits, Mapping[str, Any], None] = None,
     ) -> Sandbox:
         """Create a sandbox. Use it as ``with client.create() as sb:`` to delete it on exit."""
-        return Sandbox(self, SandboxInfo.from_json(self._t.json(_api.create_sandbox(id, keepalive_seconds, env, limits))))
+        return Sandbox(
+            self, SandboxInfo.from_json(self._t.json(_api.create_sandbox(id, keepalive_seconds, env, limits)))
+        )
 
     def get(self, id: str) -> Sandbox:
         """A handle on an existing sandbox (``NotFoundError`` if there is none)."""

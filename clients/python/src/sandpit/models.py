@@ -55,7 +55,9 @@ class Limits:
         )
 
     def to_json(self) -> JSON:
-        return {k: v for k, v in (("memory_mb", self.memory_mb), ("cpus", self.cpus), ("pids", self.pids)) if v is not None}
+        return {
+            k: v for k, v in (("memory_mb", self.memory_mb), ("cpus", self.cpus), ("pids", self.pids)) if v is not None
+        }
 
 
 @dataclass(frozen=True)
@@ -439,9 +441,7 @@ class Result:
     def _repr_json_(self) -> Any:
         return self.json
 
-    def _repr_mimebundle_(
-        self, include: Optional[Any] = None, exclude: Optional[Any] = None
-    ) -> Dict[str, Any]:
+    def _repr_mimebundle_(self, include: Optional[Any] = None, exclude: Optional[Any] = None) -> Dict[str, Any]:
         """Every representation, as Jupyter's display protocol takes them (images base64)."""
         bundle = {k: v for k, v in self.data.items() if v is not None}
         if include:
