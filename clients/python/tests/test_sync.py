@@ -7,6 +7,7 @@ import io
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 import sandpit
@@ -333,6 +334,20 @@ def test_auth_errors(auth_server: Server) -> None:
             wrong.create()
     with auth_server.client() as ok, ok.create() as sb:
         assert sb.exec("echo authed").stdout == "authed\n"
+
+
+def test_own_httpx_client_gets_the_token_and_base_url(auth_server: Server) -> None:
+    seen: list[str] = []
+
+    def hook(request: httpx.Request) -> None:
+        seen.append(f"{request.method} {request.url.path} {request.headers.get('authorization', '-')}")
+
+    with httpx.Client(event_hooks={"request": [hook]}) as http:
+        c = sandpit.Client(auth_server.url, token=auth_server.token, http=http)
+        assert isinstance(c.list(), list)
+        c.close()  # does not close a pool it does not own
+        assert http.get(auth_server.url + "/health").status_code == 200
+    assert seen[0] == f"GET /v1/sandboxes Bearer {auth_server.token}"
 
 
 def test_connection_errors() -> None:

@@ -64,8 +64,6 @@ class _AsyncTransport:
         self.settings = settings
         self._own = http is None
         self.http = http or httpx.AsyncClient(
-            base_url=settings.base_url,
-            headers=settings.headers,
             timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
         )
 
@@ -79,11 +77,11 @@ class _AsyncTransport:
         while True:
             request = self.http.build_request(
                 call.method,
-                call.path,
+                self.settings.base_url + call.path,
                 params=call.params,
                 json=call.json,
                 content=cast(Any, call.content),
-                headers=call.headers,
+                headers={**self.settings.headers, **call.headers},
                 timeout=self._timeout(call),
             )
             try:
@@ -360,7 +358,9 @@ class AsyncSandbox:
         kill_on_disconnect: Optional[bool] = None,
     ) -> AsyncIterator[ExecEvent]:
         """Run a command and yield its events as they happen: ``StartEvent``, ``StdoutEvent``,
-        ``StderrEvent`` and finally ``ExitEvent``."""
+        ``StderrEvent`` and finally ``ExitEvent``. The request is sent when iteration starts;
+        to stop early and close the stream at once, iterate inside
+        ``contextlib.aclosing(sb.stream(...))``."""
         sid = session.id if isinstance(session, AsyncSession) else session
         call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, kill_on_disconnect)
         return cast(AsyncIterator[ExecEvent], self._t.events(call))

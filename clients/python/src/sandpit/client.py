@@ -49,8 +49,6 @@ class _Transport:
         self.settings = settings
         self._own = http is None
         self.http = http or httpx.Client(
-            base_url=settings.base_url,
-            headers=settings.headers,
             timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
         )
 
@@ -62,11 +60,11 @@ class _Transport:
     def _request(self, call: Call) -> httpx.Request:
         return self.http.build_request(
             call.method,
-            call.path,
+            self.settings.base_url + call.path,
             params=call.params,
             json=call.json,
             content=call.content,
-            headers=call.headers,
+            headers={**self.settings.headers, **call.headers},
             timeout=self._timeout(call),
         )
 
@@ -323,7 +321,9 @@ class Sandbox:
         kill_on_disconnect: Optional[bool] = None,
     ) -> Iterator[ExecEvent]:
         """Run a command and yield its events as they happen: ``StartEvent``, ``StdoutEvent``,
-        ``StderrEvent`` and finally ``ExitEvent``."""
+        ``StderrEvent`` and finally ``ExitEvent``. The request is sent when iteration starts;
+        leaving the loop early closes the stream (the command keeps running unless
+        ``kill_on_disconnect``)."""
         sid = session.id if isinstance(session, Session) else session
         call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, kill_on_disconnect)
         return cast(Iterator[ExecEvent], self._t.events(call))
