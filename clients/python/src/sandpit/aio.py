@@ -316,6 +316,12 @@ class AsyncSandbox:
         if isinstance(payload, dict) and "id" in payload and "status" in payload:
             self.info = SandboxInfo.from_json(payload)
             return self.info
+        # No body: read the state from the list, which (unlike GET) is not activity and so
+        # cannot wake the sandbox it describes.
+        for d in _api.items(await self._t.json(_api.list_sandboxes()), "sandboxes"):
+            if d.get("id") == self.id:
+                self.info = SandboxInfo.from_json(d)
+                return self.info
         return await self.refresh()
 
     async def __aenter__(self) -> AsyncSandbox:

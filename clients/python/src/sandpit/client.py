@@ -279,6 +279,12 @@ class Sandbox:
         if isinstance(payload, dict) and "id" in payload and "status" in payload:
             self.info = SandboxInfo.from_json(payload)
             return self.info
+        # No body: read the state from the list, which (unlike GET) is not activity and so
+        # cannot wake the sandbox it describes.
+        for d in _api.items(self._t.json(_api.list_sandboxes()), "sandboxes"):
+            if d.get("id") == self.id:
+                self.info = SandboxInfo.from_json(d)
+                return self.info
         return self.refresh()
 
     def __enter__(self) -> Sandbox:
