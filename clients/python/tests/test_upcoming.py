@@ -25,9 +25,18 @@ def test_snapshot_list_restore_delete(client: Client, sandbox: Sandbox) -> None:
     assert snap.size_bytes > 0 and snap.created_at is not None
     assert snap.id in [s.id for s in sandbox.snapshots.list()]
 
+    assert client.get_snapshot(snap.id).id == snap.id
+
     sandbox.files.write_text("/workspace/state.txt", "version two")
-    sandbox.restore(snap)
+    sandbox.files.write_text("/workspace/later.txt", "made after the snapshot")
+    restored = sandbox.restore()  # "latest" of this sandbox
+    assert restored.id == snap.id
     assert sandbox.files.read_text("/workspace/state.txt") == "version one"
+    assert not sandbox.files.exists("/workspace/later.txt")
+
+    # A new sandbox can start from it.
+    with client.create(restore={"snapshot": snap.id, "from_sandbox": sandbox.id}) as copy:
+        assert copy.files.read_text("/workspace/state.txt") == "version one"
 
     client.delete_snapshot(snap.id)
     assert snap.id not in [s.id for s in sandbox.snapshots.list()]
@@ -61,10 +70,17 @@ def test_git_clone_from_a_repository_served_inside_the_sandbox(sandbox: Sandbox)
     assert setup.ok, setup.stderr
     web = sandbox.processes.start(["python3", "-m", "http.server", "8123", "--bind", "127.0.0.1"], cwd="/srv/www")
     web.wait_port(8123, timeout_ms=30_000)
+    url = "http://127.0.0.1:8123/repo.git"
     try:
-        sandbox.git_clone("http://127.0.0.1:8123/repo.git", branch="main", dir="/workspace/cloned")
+        cloned = sandbox.git_clone(url, branch="main", dir="/workspace/cloned")
     except sandpit.SandpitError as e:
         skip_if_route_missing(e, "git")
         raise
+    assert (cloned.action, cloned.dir, cloned.branch) == ("clone", "/workspace/cloned", "main")
+    assert len(cloned.commit) >= 7
     assert sandbox.files.read_text("/workspace/cloned/README") == "hello\n"
     assert sandbox.exec("git -C /workspace/cloned log --format=%s").stdout == "first\n"
+    # Again into the same dir: a pull.
+    assert sandbox.git_clone(url, branch="main", dir="/workspace/cloned").action == "pull"
+    with pytest.raises(sandpit.BadRequestError):
+        sandbox.git_clone("file:///srv/src")

@@ -130,10 +130,33 @@ def create_sandbox(
     keepalive_seconds: Optional[int],
     env: Optional[Mapping[str, str]],
     limits: Union[Limits, Mapping[str, Any], None],
+    extra: Mapping[str, Any],
 ) -> Call:
+    """``extra``: the newer optional fields (network, allow, restore, sleep_after_seconds,
+    snapshot_on_expiry); ``None`` values are left out, so older servers never see them."""
     lim = limits.to_json() if isinstance(limits, Limits) else (dict(limits) if limits else None)
-    body = _clean({"id": id, "keepalive_seconds": keepalive_seconds, "env": dict(env) if env else None, "limits": lim})
-    return Call("POST", "/v1/sandboxes", json=body, timeout=120.0)
+    body = _clean(
+        {"id": id, "keepalive_seconds": keepalive_seconds, "env": dict(env) if env else None, "limits": lim, **extra}
+    )
+    return Call("POST", "/v1/sandboxes", json=body, timeout=None if "restore" in body else 120.0)
+
+
+def create_extra(
+    network: Optional[str],
+    allow: Optional[Sequence[str]],
+    restore: Union[str, Mapping[str, Any], None],
+    sleep_after_seconds: Optional[int],
+    snapshot_on_expiry: Optional[bool],
+) -> Dict[str, Any]:
+    return _clean(
+        {
+            "network": network,
+            "allow": list(allow) if allow is not None else None,
+            "restore": dict(restore) if isinstance(restore, Mapping) else restore,
+            "sleep_after_seconds": sleep_after_seconds,
+            "snapshot_on_expiry": snapshot_on_expiry,
+        }
+    )
 
 
 def list_sandboxes() -> Call:
@@ -144,8 +167,8 @@ def get_sandbox(sid: str) -> Call:
     return Call("GET", sb_path(sid))
 
 
-def update_sandbox(sid: str, keepalive_seconds: int) -> Call:
-    return Call("PATCH", sb_path(sid), json={"keepalive_seconds": keepalive_seconds})
+def update_sandbox(sid: str, fields: Mapping[str, Any]) -> Call:
+    return Call("PATCH", sb_path(sid), json=_clean(fields))
 
 
 def keepalive(sid: str) -> Call:
@@ -360,20 +383,17 @@ def delete_snapshot(snapshot_id: str) -> Call:
     return Call("DELETE", "/v1/snapshots/" + _q(snapshot_id))
 
 
-def restore(sid: str, snapshot: str) -> Call:
-    return Call("POST", sb_path(sid, "restore"), json={"snapshot": snapshot}, timeout=None)
+def get_snapshot(snapshot_id: str) -> Call:
+    return Call("GET", "/v1/snapshots/" + _q(snapshot_id))
 
 
-def git_clone(
-    sid: str,
-    url: str,
-    branch: Optional[str],
-    depth: Optional[int],
-    dir: Optional[str],
-    token: Optional[str],
-) -> Call:
-    body = _clean({"url": url, "branch": branch, "depth": depth, "dir": dir, "token": token})
-    return Call("POST", sb_path(sid, "git", "clone"), json=body, timeout=None)
+def restore(sid: str, snapshot: Optional[str], from_sandbox: Optional[str]) -> Call:
+    body = _clean({"snapshot": snapshot, "from_sandbox": from_sandbox})
+    return Call("POST", sb_path(sid, "restore"), json=body, timeout=None)
+
+
+def git_clone(sid: str, url: str, fields: Mapping[str, Any]) -> Call:
+    return Call("POST", sb_path(sid, "git", "clone"), json={"url": url, **_clean(fields)}, timeout=None)
 
 
 # -- answers -------------------------------------------------------------------------------

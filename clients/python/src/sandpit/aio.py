@@ -45,6 +45,7 @@ from .models import (
     ExecResult,
     Execution,
     FileEntry,
+    GitResult,
     Limits,
     LogEvent,
     PortReady,
@@ -208,10 +209,16 @@ class AsyncClient:
         keepalive_seconds: Optional[int] = None,
         env: Optional[Mapping[str, str]] = None,
         limits: Union[Limits, Mapping[str, Any], None] = None,
+        network: Optional[str] = None,
+        allow: Optional[Sequence[str]] = None,
+        restore: Union[str, Mapping[str, Any], None] = None,
+        sleep_after_seconds: Optional[int] = None,
+        snapshot_on_expiry: Optional[bool] = None,
     ) -> _Creating:
         """Create a sandbox: ``sb = await client.create()``, or ``async with client.create() as
-        sb:`` to delete it on exit."""
-        call = _api.create_sandbox(id, keepalive_seconds, env, limits)
+        sb:`` to delete it on exit. Options as for ``Client.create``."""
+        extra = _api.create_extra(network, allow, restore, sleep_after_seconds, snapshot_on_expiry)
+        call = _api.create_sandbox(id, keepalive_seconds, env, limits, extra)
 
         async def make() -> AsyncSandbox:
             return AsyncSandbox(self, SandboxInfo.from_json(await self._t.json(call)))
@@ -234,6 +241,10 @@ class AsyncClient:
     async def delete_snapshot(self, snapshot_id: str) -> None:
         """``DELETE /v1/snapshots/{sid}``."""
         await self._t.send(_api.delete_snapshot(snapshot_id))
+
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        """``GET /v1/snapshots/{sid}`` (snapshots outlive their sandbox)."""
+        return SnapshotInfo.from_json(await self._t.json(_api.get_snapshot(snapshot_id)))
 
     async def close(self) -> None:
         """Close the connection pool (not the sandboxes)."""
@@ -296,7 +307,22 @@ class AsyncSandbox:
 
     async def set_keepalive(self, keepalive_seconds: int) -> SandboxInfo:
         """Change ``keepalive_seconds`` (0 = never expire); the expiry is recomputed from now."""
-        self.info = SandboxInfo.from_json(await self._t.json(_api.update_sandbox(self.id, keepalive_seconds)))
+        return await self.update(keepalive_seconds=keepalive_seconds)
+
+    async def update(
+        self,
+        *,
+        keepalive_seconds: Optional[int] = None,
+        sleep_after_seconds: Optional[int] = None,
+        snapshot_on_expiry: Optional[bool] = None,
+    ) -> SandboxInfo:
+        """``PATCH`` the given settings (the sleep ones on servers that have sleep)."""
+        fields = {
+            "keepalive_seconds": keepalive_seconds,
+            "sleep_after_seconds": sleep_after_seconds,
+            "snapshot_on_expiry": snapshot_on_expiry,
+        }
+        self.info = SandboxInfo.from_json(await self._t.json(_api.update_sandbox(self.id, fields)))
         return self.info
 
     async def delete(self) -> None:
@@ -406,10 +432,14 @@ class AsyncSandbox:
 
     # snapshots and git
 
-    async def restore(self, snapshot: Union[str, SnapshotInfo]) -> SandboxInfo:
-        """Restore a snapshot into this sandbox (``POST .../restore``)."""
+    async def restore(
+        self, snapshot: Union[str, SnapshotInfo, None] = None, *, from_sandbox: Optional[str] = None
+    ) -> SnapshotInfo:
+        """Replace the files under the snapshot's path with its contents; ``snapshot`` is an id
+        or ``"latest"`` (the default: the newest of ``from_sandbox``, default this sandbox).
+        Answers the snapshot restored."""
         sid = snapshot.id if isinstance(snapshot, SnapshotInfo) else snapshot
-        return await self._lifecycle(_api.restore(self.id, sid))
+        return SnapshotInfo.from_json(await self._t.json(_api.restore(self.id, sid, from_sandbox)))
 
     async def git_clone(
         self,
@@ -419,10 +449,21 @@ class AsyncSandbox:
         depth: Optional[int] = None,
         dir: Optional[str] = None,
         token: Optional[str] = None,
-    ) -> Dict[str, Any]:
-        """Clone a repository into the sandbox (``POST .../git/clone``); the server's answer."""
-        payload = await self._t.json(_api.git_clone(self.id, url, branch, depth, dir, token))
-        return payload if isinstance(payload, dict) else {}
+        username: Optional[str] = None,
+        timeout_ms: Optional[int] = None,
+    ) -> GitResult:
+        """Clone ``url`` into ``dir`` (default ``/workspace/<name>``), or fast-forward it when
+        ``dir`` already holds the repository. git runs inside the sandbox, so the URL must be
+        reachable from there; ``token`` never shows in argv, ``.git/config`` or logs."""
+        fields = {
+            "branch": branch,
+            "depth": depth,
+            "dir": dir,
+            "token": token,
+            "username": username,
+            "timeout_ms": timeout_ms,
+        }
+        return GitResult.from_json(await self._t.json(_api.git_clone(self.id, url, fields)))
 
 
 class AsyncFiles:

@@ -25,6 +25,7 @@ from .models import (
     ExecResult,
     Execution,
     FileEntry,
+    GitResult,
     Limits,
     LogEvent,
     PortReady,
@@ -175,11 +176,20 @@ class Client:
         keepalive_seconds: Optional[int] = None,
         env: Optional[Mapping[str, str]] = None,
         limits: Union[Limits, Mapping[str, Any], None] = None,
+        network: Optional[str] = None,
+        allow: Optional[Sequence[str]] = None,
+        restore: Union[str, Mapping[str, Any], None] = None,
+        sleep_after_seconds: Optional[int] = None,
+        snapshot_on_expiry: Optional[bool] = None,
     ) -> Sandbox:
-        """Create a sandbox. Use it as ``with client.create() as sb:`` to delete it on exit."""
-        return Sandbox(
-            self, SandboxInfo.from_json(self._t.json(_api.create_sandbox(id, keepalive_seconds, env, limits)))
-        )
+        """Create a sandbox. Use it as ``with client.create() as sb:`` to delete it on exit.
+
+        ``network`` (``"none"``/``"egress"``), ``allow``, ``restore`` (``"latest"``, a snapshot
+        id, or ``{"snapshot", "from_sandbox"}``), ``sleep_after_seconds`` and
+        ``snapshot_on_expiry`` are sent only when given (servers with networking/snapshots)."""
+        extra = _api.create_extra(network, allow, restore, sleep_after_seconds, snapshot_on_expiry)
+        call = _api.create_sandbox(id, keepalive_seconds, env, limits, extra)
+        return Sandbox(self, SandboxInfo.from_json(self._t.json(call)))
 
     def get(self, id: str) -> Sandbox:
         """A handle on an existing sandbox (``NotFoundError`` if there is none)."""
@@ -197,6 +207,10 @@ class Client:
     def delete_snapshot(self, snapshot_id: str) -> None:
         """``DELETE /v1/snapshots/{sid}``."""
         self._t.send(_api.delete_snapshot(snapshot_id))
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        """``GET /v1/snapshots/{sid}`` (snapshots outlive their sandbox)."""
+        return SnapshotInfo.from_json(self._t.json(_api.get_snapshot(snapshot_id)))
 
     def close(self) -> None:
         """Close the connection pool (not the sandboxes)."""
@@ -259,7 +273,22 @@ class Sandbox:
 
     def set_keepalive(self, keepalive_seconds: int) -> SandboxInfo:
         """Change ``keepalive_seconds`` (0 = never expire); the expiry is recomputed from now."""
-        self.info = SandboxInfo.from_json(self._t.json(_api.update_sandbox(self.id, keepalive_seconds)))
+        return self.update(keepalive_seconds=keepalive_seconds)
+
+    def update(
+        self,
+        *,
+        keepalive_seconds: Optional[int] = None,
+        sleep_after_seconds: Optional[int] = None,
+        snapshot_on_expiry: Optional[bool] = None,
+    ) -> SandboxInfo:
+        """``PATCH`` the given settings (the sleep ones on servers that have sleep)."""
+        fields = {
+            "keepalive_seconds": keepalive_seconds,
+            "sleep_after_seconds": sleep_after_seconds,
+            "snapshot_on_expiry": snapshot_on_expiry,
+        }
+        self.info = SandboxInfo.from_json(self._t.json(_api.update_sandbox(self.id, fields)))
         return self.info
 
     def delete(self) -> None:
@@ -367,10 +396,14 @@ class Sandbox:
 
     # snapshots and git
 
-    def restore(self, snapshot: Union[str, SnapshotInfo]) -> SandboxInfo:
-        """Restore a snapshot into this sandbox (``POST .../restore``)."""
+    def restore(
+        self, snapshot: Union[str, SnapshotInfo, None] = None, *, from_sandbox: Optional[str] = None
+    ) -> SnapshotInfo:
+        """Replace the files under the snapshot's path with its contents; ``snapshot`` is an id
+        or ``"latest"`` (the default: the newest of ``from_sandbox``, default this sandbox).
+        Answers the snapshot restored."""
         sid = snapshot.id if isinstance(snapshot, SnapshotInfo) else snapshot
-        return self._lifecycle(_api.restore(self.id, sid))
+        return SnapshotInfo.from_json(self._t.json(_api.restore(self.id, sid, from_sandbox)))
 
     def git_clone(
         self,
@@ -380,10 +413,21 @@ class Sandbox:
         depth: Optional[int] = None,
         dir: Optional[str] = None,
         token: Optional[str] = None,
-    ) -> Dict[str, Any]:
-        """Clone a repository into the sandbox (``POST .../git/clone``); the server's answer."""
-        payload = self._t.json(_api.git_clone(self.id, url, branch, depth, dir, token))
-        return payload if isinstance(payload, dict) else {}
+        username: Optional[str] = None,
+        timeout_ms: Optional[int] = None,
+    ) -> GitResult:
+        """Clone ``url`` into ``dir`` (default ``/workspace/<name>``), or fast-forward it when
+        ``dir`` already holds the repository. git runs inside the sandbox, so the URL must be
+        reachable from there; ``token`` never shows in argv, ``.git/config`` or logs."""
+        fields = {
+            "branch": branch,
+            "depth": depth,
+            "dir": dir,
+            "token": token,
+            "username": username,
+            "timeout_ms": timeout_ms,
+        }
+        return GitResult.from_json(self._t.json(_api.git_clone(self.id, url, fields)))
 
 
 class Files:

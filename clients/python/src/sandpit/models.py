@@ -74,6 +74,10 @@ class SandboxInfo:
     network: str
     warnings: List[str]
     raw: JSON = field(repr=False, compare=False)
+    # Shown by servers that have networking and sleep (None otherwise).
+    allow: Optional[List[str]] = None
+    sleep_after_seconds: Optional[int] = None
+    snapshot_on_expiry: Optional[bool] = None
 
     @classmethod
     def from_json(cls, d: JSON) -> SandboxInfo:
@@ -88,6 +92,9 @@ class SandboxInfo:
             network=_str(d.get("network")),
             warnings=[str(w) for w in d.get("warnings") or []],
             raw=d,
+            allow=[str(a) for a in d["allow"]] if isinstance(d.get("allow"), list) else None,
+            sleep_after_seconds=_opt_int(d.get("sleep_after_seconds")),
+            snapshot_on_expiry=d["snapshot_on_expiry"] if isinstance(d.get("snapshot_on_expiry"), bool) else None,
         )
 
 
@@ -542,5 +549,28 @@ class SnapshotInfo:
             path=_str(d.get("path")),
             size_bytes=_int(d.get("size_bytes")),
             created_at=_dt(d.get("created_at")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class GitResult:
+    """What ``git_clone`` did: ``action`` is ``clone``, or ``pull`` when ``dir`` already held
+    the repository; ``commit`` is the checked-out commit."""
+
+    action: str
+    dir: str
+    commit: str
+    branch: str
+    raw: JSON = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: Any) -> GitResult:
+        d = d if isinstance(d, dict) else {}
+        return cls(
+            action=_str(d.get("action")),
+            dir=_str(d.get("dir")),
+            commit=_str(d.get("commit")),
+            branch=_str(d.get("branch")),
             raw=d,
         )
