@@ -3,7 +3,6 @@ loopback (the real sandpit server never drops connections on purpose)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from typing import Iterator, List
@@ -15,10 +14,11 @@ import sandpit
 
 class FlakyServer:
     """Accepts connections on loopback; drops the first ``drops`` of them right after reading
-    the request, then answers every request with ``{"sandboxes": []}``."""
+    the request, then answers every request 200 with ``body``."""
 
-    def __init__(self, drops: int) -> None:
+    def __init__(self, drops: int, body: bytes = b'{"sandboxes": []}') -> None:
         self.drops = drops
+        self.body = body
         self.requests: List[str] = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -43,7 +43,7 @@ class FlakyServer:
                 self.requests.append(head.split(b"\r\n", 1)[0].decode())
                 if len(self.requests) <= self.drops:
                     continue  # closed without an answer
-                body = json.dumps({"sandboxes": []}).encode()
+                body = self.body
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                     + f"Content-Length: {len(body)}\r\n\r\n".encode()
@@ -99,3 +99,14 @@ def test_a_server_that_never_answers_raises_timeout_error() -> None:
                 c.list()
     assert info.value.code == "client_timeout"
     assert isinstance(info.value, TimeoutError) and isinstance(info.value, sandpit.SandpitError)
+
+
+def test_an_answer_that_is_not_json_is_a_sandpit_error() -> None:
+    proxy = FlakyServer(drops=0, body=b"<html>a proxy's page</html>")
+    try:
+        with sandpit.Client(proxy.url) as c:
+            with pytest.raises(sandpit.SandpitError) as info:
+                c.list()
+    finally:
+        proxy.close()
+    assert info.value.code == "invalid_response" and "proxy" in info.value.message

@@ -37,7 +37,7 @@ import httpx
 from . import _api
 from ._api import UNSET, Call, Command
 from .client import CHUNK, PathLike
-from .errors import ConnectionError, NotFoundError, TimeoutError, from_body, from_event
+from .errors import ConnectionError, NotFoundError, SandpitError, TimeoutError, from_body, from_event
 from .models import (
     CodeEvent,
     ContextInfo,
@@ -109,7 +109,14 @@ class _AsyncTransport:
         resp = await self.send(call)
         if not resp.content:
             return None
-        return resp.json()
+        try:
+            return resp.json()
+        except ValueError as e:
+            raise SandpitError(
+                f"{call.method} {call.path}: the answer is not JSON: {resp.text[:200]!r}",
+                "invalid_response",
+                resp.status_code,
+            ) from e
 
     @asynccontextmanager
     async def stream(self, call: Call) -> AsyncIterator[httpx.Response]:

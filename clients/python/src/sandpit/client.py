@@ -98,7 +98,14 @@ class _Transport:
         resp = self.send(call)
         if not resp.content:
             return None
-        return resp.json()
+        try:
+            return resp.json()
+        except ValueError as e:
+            raise SandpitError(
+                f"{call.method} {call.path}: the answer is not JSON: {resp.text[:200]!r}",
+                "invalid_response",
+                resp.status_code,
+            ) from e
 
     @contextmanager
     def stream(self, call: Call) -> Iterator[httpx.Response]:
