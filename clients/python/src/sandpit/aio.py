@@ -287,7 +287,7 @@ class AsyncSandbox:
         self._session: Optional[AsyncSession] = None
 
     def __repr__(self) -> str:
-        return f"Sandbox(id={self.id!r}, status={self.info.status!r})"
+        return f"AsyncSandbox(id={self.id!r}, status={self.info.status!r})"
 
     @property
     def status(self) -> str:
@@ -601,7 +601,7 @@ class AsyncSession:
         self.info = info
 
     def __repr__(self) -> str:
-        return f"Session(sandbox={self.sandbox.id!r}, id={self.id!r})"
+        return f"AsyncSession(sandbox={self.sandbox.id!r}, id={self.id!r})"
 
     async def exec(
         self,
@@ -718,7 +718,7 @@ class AsyncProcess:
         self.id = info.id
 
     def __repr__(self) -> str:
-        return f"Process(id={self.id!r}, status={self.info.status!r}, exit_code={self.info.exit_code!r})"
+        return f"AsyncProcess(id={self.id!r}, status={self.info.status!r}, exit_code={self.info.exit_code!r})"
 
     @property
     def status(self) -> str:
@@ -799,7 +799,7 @@ class AsyncCodeContext:
         self.id = info.id
 
     def __repr__(self) -> str:
-        return f"CodeContext(id={self.id!r}, language={self.info.language!r})"
+        return f"AsyncCodeContext(id={self.id!r}, language={self.info.language!r})"
 
     async def run(self, code: str, *, timeout_ms: Optional[int] = None, locals: bool = False) -> Execution:
         return await self.sandbox.run_code(code, context=self.id, timeout_ms=timeout_ms, locals=locals)
