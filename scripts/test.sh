@@ -5,7 +5,8 @@
 # (--no-fail-fast). Extra arguments go to `cargo test`, e.g.
 #   scripts/test.sh --test isolation
 # Then, on a full run (no arguments, SANDPIT_SKIP_PYTHON unset), the Python SDK's tests
-# (clients/python/tests) in a venv against the release binary. Fails if either part fails.
+# (mypy --strict, then clients/python/tests) in a venv against the release binary. Fails if
+# any part fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -16,7 +17,9 @@ if [[ $# -eq 0 && -z "${SANDPIT_SKIP_PYTHON:-}" ]]; then
   venv="$target/python-venv"
   echo "=== Python SDK tests (venv: $venv) ==="
   if python3 -m venv "$venv" &&
-    "$venv/bin/pip" install -q --disable-pip-version-check ./clients/python pytest pytest-asyncio; then
+    "$venv/bin/pip" install -q --disable-pip-version-check ./clients/python pytest pytest-asyncio mypy; then
+    "$venv/bin/python" -m mypy --config-file clients/python/pyproject.toml \
+      clients/python/src/sandpit clients/python/tests examples/agent_loop.py || status=1
     SANDPIT_BIN="$target/release/sandpit" "$venv/bin/python" -m pytest clients/python/tests -q -rs ||
       status=1
   else
