@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import httpx
 import pytest
@@ -137,3 +137,13 @@ def skip_if_route_missing(err: sandpit.SandpitError, what: str) -> None:
     """Skip the test when the server does not have this route family yet."""
     if err.status in (404, 405) and err.code in ("route_not_found", "method_not_allowed"):
         pytest.skip(f"the server has no {what} routes yet ({err.code})")
+
+
+def wait_until(condition: Callable[[], bool], attempts: int = 300) -> bool:
+    """Polls ``condition`` every 0.1 s until it holds; False after ``attempts`` (30 s by
+    default: a bound for a hung server, not a performance check)."""
+    for _ in range(attempts):
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()

@@ -20,7 +20,7 @@ from sandpit import (
     StdoutEvent,
 )
 
-from .conftest import Server, free_port
+from .conftest import Server, free_port, wait_until
 
 
 def test_client_reads_url_and_token_from_the_environment(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,6 +71,19 @@ def test_stream_yields_output_while_the_command_runs(sandbox: Sandbox) -> None:
     assert last.exit_code == 4 and not last.timed_out
     assert "".join(e.data for e in events if isinstance(e, StdoutEvent)) == "first\nsecond\n"
     assert "".join(e.data for e in events if isinstance(e, StderrEvent)) == "oops\n"
+
+
+def test_leaving_a_stream_early_closes_it(sandbox: Sandbox) -> None:
+    # kill_on_disconnect: closing the stream (leaving the loop) kills the command.
+    for ev in sandbox.stream("echo up; exec sleep 601", kill_on_disconnect=True):
+        if isinstance(ev, StdoutEvent):
+            break
+    assert wait_until(lambda: "sleep 601" not in sandbox.exec("ps -eo args").stdout)
+    # Without it the command keeps running after the client has gone.
+    for ev in sandbox.stream("echo up; exec sleep 602"):
+        if isinstance(ev, StdoutEvent):
+            break
+    assert "sleep 602" in sandbox.exec("ps -eo args").stdout
 
 
 def test_default_session_keeps_cd_and_export(sandbox: Sandbox) -> None:
