@@ -213,7 +213,10 @@ def exec_(
             }
         ),
     }
-    return Call("POST", sb_path(sid, "exec"), json=body, timeout=_after(timeout_ms, 120_000))
+    # Without timeout_ms the server's configured default applies (120 s unless changed), so
+    # the client waits for the server to end the command rather than guess its limit.
+    read = _after(timeout_ms, 0) if timeout_ms is not None else None
+    return Call("POST", sb_path(sid, "exec"), json=body, timeout=read)
 
 
 # -- files ---------------------------------------------------------------------------------
