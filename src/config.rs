@@ -42,8 +42,57 @@ struct FileConfig {
     uid_base: Option<u32>,
     max_upload_mb: Option<u64>,
     root_dialect: Option<String>,
+    /// Host-based port addressing: `{port}-{id}.{ports_domain}`.
+    ports_domain: Option<String>,
+    #[serde(default)]
+    webhooks: Vec<WebhookFile>,
     #[serde(default)]
     defaults: Defaults,
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookFile {
+    url: String,
+    secret: String,
+    /// Event types (`sandbox.created`, ...); empty or absent = all.
+    #[serde(default)]
+    events: Vec<String>,
+    max_attempts: Option<u32>,
+    /// Wait before the first retry, doubled after each.
+    backoff_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+impl WebhookFile {
+    fn into_core(self) -> anyhow::Result<sandpit_core::events::Webhook> {
+        use sandpit_core::events::{check_url, EventKind, Webhook};
+        check_url(&self.url).map_err(anyhow::Error::msg)?;
+        if self.secret.is_empty() {
+            anyhow::bail!("webhook {}: secret must not be empty", self.url);
+        }
+        let mut hook = Webhook::new(self.url, self.secret);
+        for name in &self.events {
+            let kind = EventKind::parse(name).with_context(|| {
+                let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("webhook event '{name}': use one of {}", all.join(", "))
+            })?;
+            hook.events.push(kind);
+        }
+        if let Some(n) = self.max_attempts {
+            anyhow::ensure!(n >= 1, "webhook max_attempts must be at least 1");
+            hook.max_attempts = n;
+        }
+        if let Some(ms) = self.backoff_ms {
+            hook.initial_backoff = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.timeout_ms {
+            anyhow::ensure!(ms >= 1, "webhook timeout_ms must be at least 1");
+            hook.timeout = Duration::from_millis(ms);
+        }
+        Ok(hook)
+    }
 }
 
 /// Defaults for sandboxes and commands that do not say otherwise.
@@ -69,6 +118,9 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// The dialect also mounted at `/`, checked to exist.
     pub root_dialect: Option<String>,
+    /// Domain of host-based port addressing, without a leading dot.
+    pub ports_domain: Option<String>,
+    webhooks: Vec<sandpit_core::events::Webhook>,
     defaults: Defaults,
 }
 
@@ -87,6 +139,15 @@ impl Config {
         if let Some(name) = &root_dialect {
             sandpit_api::validate_root_dialect(name).map_err(anyhow::Error::msg)?;
         }
+        let ports_domain = file
+            .ports_domain
+            .map(|d| d.trim_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty());
+        let webhooks = file
+            .webhooks
+            .into_iter()
+            .map(WebhookFile::into_core)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let token = std::env::var("SANDPIT_AUTH_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
@@ -108,6 +169,8 @@ impl Config {
             uid_base: file.uid_base.unwrap_or(1 << 28),
             max_upload_bytes: file.max_upload_mb.unwrap_or(4096) * 1024 * 1024,
             root_dialect,
+            ports_domain,
+            webhooks,
             defaults: file.defaults,
         })
     }
@@ -129,6 +192,7 @@ impl Config {
             default_timeout_ms: d.timeout_ms.unwrap_or(base.default_timeout_ms),
             max_output_bytes: d.max_output_bytes.unwrap_or(base.max_output_bytes),
             reap_interval: Duration::from_secs(1),
+            webhooks: self.webhooks.clone(),
         }
     }
 }

@@ -101,12 +101,14 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             metrics,
             max_upload_bytes: cfg.max_upload_bytes,
             root_dialect: cfg.root_dialect.as_deref().map(Arc::from),
+            ports_domain: cfg.ports_domain.as_deref().map(Arc::from),
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
         tracing::info!(%addr, data_dir = %data_dir.display(), auth = cfg.token.is_some(), root_dialect = cfg.root_dialect.as_deref(), "sandpit serving");
-        axum::serve(listener, app)
+        // The peer address feeds X-Forwarded-For of the port proxy.
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         reaper.abort();

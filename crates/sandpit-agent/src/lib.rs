@@ -10,6 +10,7 @@ mod procs;
 mod pty;
 mod reaper;
 mod session;
+mod tunnel;
 
 use std::os::fd::FromRawFd;
 
@@ -256,6 +257,10 @@ async fn serve(stream: UnixStream, state: State) -> Result<(), ProtoError> {
                 write_json(&mut wr, &reply(procs.remove(&id), |()| Reply::Ok)).await?
             }
 
+            Request::Connect { port } => {
+                // The connection is the tunnel's from now on.
+                return tunnel::run(port, &mut rd, &mut wr).await;
+            }
             Request::ReadFile { path } => files::read(&path, &mut wr).await?,
             Request::WriteFile { path, mode } => {
                 files::write(&path, mode, &mut rd, &mut wr).await?

@@ -35,6 +35,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// The dialect also served at `/` (`--root-dialect`); native routes win over its routes.
     pub root_dialect: Option<Arc<str>>,
+    /// `ports_domain`: a request whose Host is `{port}-{id}.{domain}` goes to that port.
+    pub ports_domain: Option<Arc<str>>,
 }
 
 /// The whole HTTP application.
@@ -45,6 +47,36 @@ pub fn router(state: AppState) -> Router {
             get(routes::files::read)
                 .put(routes::files::write)
                 .delete(routes::files::remove),
+        )
+        .layer(DefaultBodyLimit::disable());
+    // Authorized inside (the bearer token, or the port's public token): see auth::port_access.
+    let ports = Router::new()
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}",
+            get(routes::ports::proxy_root)
+                .post(routes::ports::proxy_root)
+                .put(routes::ports::proxy_root)
+                .delete(routes::ports::proxy_root)
+                .patch(routes::ports::proxy_root)
+                .options(routes::ports::proxy_root),
+        )
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}/",
+            get(routes::ports::proxy_index)
+                .post(routes::ports::proxy_index)
+                .put(routes::ports::proxy_index)
+                .delete(routes::ports::proxy_index)
+                .patch(routes::ports::proxy_index)
+                .options(routes::ports::proxy_index),
+        )
+        .route(
+            "/v1/sandboxes/{id}/ports/{port}/{*path}",
+            get(routes::ports::proxy_path)
+                .post(routes::ports::proxy_path)
+                .put(routes::ports::proxy_path)
+                .delete(routes::ports::proxy_path)
+                .patch(routes::ports::proxy_path)
+                .options(routes::ports::proxy_path),
         )
         .layer(DefaultBodyLimit::disable());
     let api = Router::new()
@@ -117,6 +149,14 @@ pub fn router(state: AppState) -> Router {
             post(routes::contexts::restart),
         )
         .route("/v1/sandboxes/{id}/code", post(routes::contexts::run))
+        .route(
+            "/v1/sandboxes/{id}/port-tokens",
+            get(routes::ports::list_tokens),
+        )
+        .route(
+            "/v1/sandboxes/{id}/port-tokens/{port}",
+            post(routes::ports::create_token).delete(routes::ports::revoke_token),
+        )
         .route("/metrics", get(routes::ops::metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files)
@@ -128,9 +168,14 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(routes::ops::health))
         .route("/openapi.json", get(openapi::serve))
         .merge(api)
+        .merge(ports)
         .merge(compat::routes(&state))
         .fallback_service(compat::root(&state))
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::ports::by_host,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -19,7 +19,7 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::routes::files::EntryView;
-use crate::routes::{contexts, exec, files, ops, processes, pty, sandboxes, sessions};
+use crate::routes::{contexts, exec, files, ops, ports, processes, pty, sandboxes, sessions};
 
 /// Paths anyone may call: outside the bearer-token layer in [`crate::router`].
 const PUBLIC_PATHS: &[&str] = &["/health", "/openapi.json"];
@@ -47,6 +47,8 @@ const BEARER: &str = "bearer_auth";
         contexts::create, contexts::list, contexts::get, contexts::delete, contexts::restart,
         contexts::run,
         ops::health, ops::metrics, serve,
+        ports::proxy_path, ports::proxy_index, ports::proxy_root, ports::create_token,
+        ports::revoke_token, ports::list_tokens,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Auth, &Reasons),
@@ -60,6 +62,7 @@ const BEARER: &str = "bearer_auth";
         (name = "terminals", description = "Interactive terminals over a WebSocket"),
         (name = "code", description = "Stateful Python and JavaScript interpreters"),
         (name = "ops", description = "Health, metrics and this document"),
+        (name = "ports", description = "HTTP and WebSocket to ports inside a sandbox, and public port tokens"),
     )
 )]
 struct ApiDoc;
@@ -193,6 +196,26 @@ mod shapes {
     pub struct SandboxPath {
         /// Sandbox id.
         id: String,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Path)]
+    pub struct PortPath {
+        /// Sandbox id.
+        id: String,
+        /// TCP port inside the sandbox, 1-65535.
+        port: u16,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Path)]
+    pub struct ProxyPath {
+        /// Sandbox id.
+        id: String,
+        /// TCP port inside the sandbox, 1-65535.
+        port: u16,
+        /// The rest of the path, as the sandbox's server sees it (after a `/`).
+        path: String,
     }
 
     #[derive(IntoParams)]
@@ -398,7 +421,8 @@ mod tests {
                                 METHODS.contains(&name.as_str()),
                                 "method router `{name}` on {path}"
                             );
-                            routes.insert((name.clone(), path.to_string()));
+                            // A catch-all `{*rest}` is the parameter `{rest}` in OpenAPI.
+                            routes.insert((name.clone(), path.replace("{*", "{")));
                         }
                         depth += 1;
                     }

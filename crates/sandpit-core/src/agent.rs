@@ -490,3 +490,25 @@ impl AgentClient {
         Ok((PtyInput { conn: wr }, PtyOutput { conn: rd }))
     }
 }
+
+impl AgentClient {
+    /// Opens a tunnel to `port` on the sandbox's loopback: on success the returned
+    /// connection carries that TCP connection's bytes both ways (it never goes back to the
+    /// pool). Nothing listening answers `Agent(NotRunning)`.
+    pub async fn connect_port(&self, port: u16) -> Result<UnixStream, CoreError> {
+        let mut conn = self.connect().await?;
+        write_json(&mut conn, &Request::Connect { port })
+            .await
+            .map_err(|e| self.broken(e))?;
+        // read_json reads exactly one frame off the unbuffered stream: every byte after it
+        // is the tunnel's.
+        match read_json::<_, Reply>(&mut conn)
+            .await
+            .map_err(|e| self.broken(e))?
+        {
+            Reply::Ok => Ok(conn),
+            Reply::Error(e) => Err(CoreError::Agent(e)),
+            other => Err(unexpected(&self.id, Ok(other))),
+        }
+    }
+}

@@ -5,9 +5,11 @@
 
 pub mod agent;
 mod error;
+pub mod events;
 mod manager;
 pub mod model;
 pub mod store;
 
 pub use error::CoreError;
+pub use manager::valid_id;
 pub use manager::{CoreConfig, SandboxManager};

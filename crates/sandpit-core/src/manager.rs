@@ -14,11 +14,12 @@ use sandpit_runtime::{LaunchSpec, Limits, Runtime};
 use tokio::sync::mpsc;
 
 use crate::agent::{AgentClient, ByteStream, LogChunk, PtyInput, PtyOutput};
+use crate::events::{EventKind, Events};
 use crate::model::{
     now_ms, Context, CreateContext, CreateSandbox, CreateSession, Entry, ExecEvent, ExecRequest,
     ExecResult, Process, Record, RunCode, Sandbox, Session, StartProcess, Status, UpdateSandbox,
 };
-use crate::store::Store;
+use crate::store::{PortToken, Store};
 use crate::CoreError;
 
 /// Settings of the core, read once by the binary from flags, env and the config file.
@@ -32,6 +33,8 @@ pub struct CoreConfig {
     pub max_output_bytes: usize,
     /// How often expiry is checked and activity is flushed to the store.
     pub reap_interval: Duration,
+    /// Where lifecycle events are POSTed.
+    pub webhooks: Vec<crate::events::Webhook>,
 }
 
 impl Default for CoreConfig {
@@ -47,6 +50,7 @@ impl Default for CoreConfig {
             default_timeout_ms: 120_000,
             max_output_bytes: 10 * 1024 * 1024,
             reap_interval: Duration::from_secs(1),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -91,6 +95,7 @@ pub struct SandboxManager {
     cfg: CoreConfig,
     sandboxes: RwLock<HashMap<String, Arc<Handle>>>,
     shell: &'static str,
+    events: Events,
 }
 
 /// The session that commands naming no other run in, created on first use.
@@ -183,6 +188,7 @@ impl SandboxManager {
             "/bin/sh"
         };
         Arc::new(Self {
+            events: Events::start(cfg.webhooks.clone()),
             runtime,
             store,
             cfg,
@@ -367,6 +373,11 @@ impl SandboxManager {
         metrics::counter!("sandpit_sandboxes_created_total").increment(1);
         tracing::info!(sandbox = %id, "created");
         let view = handle.record().view();
+        self.emit(
+            EventKind::Created,
+            &id,
+            serde_json::to_value(&view).unwrap_or_default(),
+        );
         Ok(view)
     }
 
@@ -474,8 +485,12 @@ impl SandboxManager {
             tracing::warn!(sandbox = %id, error = %e, "clean-up incomplete");
         }
         self.store.delete(id)?;
+        if let Err(e) = self.store.delete_port_tokens(id) {
+            tracing::warn!(sandbox = %id, error = %e, "port tokens not removed");
+        }
         metrics::counter!("sandpit_sandboxes_deleted_total").increment(1);
         tracing::info!(sandbox = %id, "deleted");
+        self.emit(EventKind::Deleted, id, serde_json::json!({}));
         Ok(())
     }
 
@@ -496,6 +511,12 @@ impl SandboxManager {
             if expired && h.life.try_lock().is_ok() {
                 tracing::info!(sandbox = %id, "keepalive expired");
                 metrics::counter!("sandpit_sandboxes_expired_total").increment(1);
+                self.emit(
+                    EventKind::Expired,
+                    &id,
+                    serde_json::json!({"keepalive_seconds": rec.keepalive_seconds,
+                        "last_active_at": crate::model::rfc3339(rec.last_active_at)}),
+                );
                 if let Err(e) = self.delete(&id).await {
                     tracing::warn!(sandbox = %id, error = %e, "expiry failed");
                 }
@@ -885,6 +906,98 @@ impl SandboxManager {
         let (input, output) = h.agent.pty(spec, cols, rows).await?;
         Ok((input, output, BusyGuard::new(&h.busy)))
     }
+}
+
+/// Ports inside a sandbox: tunnels through the agent and public tokens.
+impl SandboxManager {
+    /// A tunnel to `port` on the sandbox's loopback, and a guard that keeps the sandbox
+    /// from expiring while the tunnel is in use. Nothing listening: `Agent(NotRunning)`.
+    pub async fn connect_port(
+        &self,
+        id: &str,
+        port: u16,
+    ) -> Result<(tokio::net::UnixStream, BusyGuard), CoreError> {
+        if port == 0 {
+            return Err(CoreError::BadRequest("port must be 1-65535".into()));
+        }
+        let h = self.ready(id).await?;
+        let conn = h.agent.connect_port(port).await?;
+        metrics::counter!("sandpit_port_tunnels_total").increment(1);
+        Ok((conn, BusyGuard::new(&h.busy)))
+    }
+
+    /// Makes a new public token for a port of the sandbox (replacing the port's previous
+    /// one) and returns it; only its hash is kept.
+    pub fn create_port_token(&self, id: &str, port: u16) -> Result<(String, i64), CoreError> {
+        self.handle(id)?;
+        if port == 0 {
+            return Err(CoreError::BadRequest("port must be 1-65535".into()));
+        }
+        let token = format!("spt_{}", random_token(40));
+        let created_at = now_ms();
+        self.store.put_port_token(&PortToken {
+            sandbox_id: id.to_string(),
+            port,
+            token_sha256: sha256_hex(&token),
+            created_at,
+        })?;
+        tracing::info!(sandbox = %id, port, "port made public");
+        Ok((token, created_at))
+    }
+
+    /// Revokes a port's public token.
+    pub fn revoke_port_token(&self, id: &str, port: u16) -> Result<(), CoreError> {
+        self.handle(id)?;
+        if self.store.delete_port_token(id, port)? {
+            tracing::info!(sandbox = %id, port, "port made private");
+            Ok(())
+        } else {
+            Err(CoreError::Agent(sandpit_proto::AgentError::new(
+                sandpit_proto::ErrorCode::NotFound,
+                format!("port {port} of sandbox '{id}' has no public token"),
+            )))
+        }
+    }
+
+    /// The sandbox's public ports: `(port, created_at)`.
+    pub fn port_tokens(&self, id: &str) -> Result<Vec<(u16, i64)>, CoreError> {
+        self.handle(id)?;
+        Ok(self
+            .store
+            .port_tokens(id)?
+            .into_iter()
+            .map(|t| (t.port, t.created_at))
+            .collect())
+    }
+
+    /// Whether `token` is the public token of this sandbox's `port`.
+    pub fn port_token_valid(&self, id: &str, port: u16, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        if self.handle(id).is_err() {
+            return false;
+        }
+        let given = sha256_hex(token);
+        self.store.port_tokens(id).is_ok_and(|all| {
+            all.iter().any(|t| {
+                t.port == port && bool::from(t.token_sha256.as_bytes().ct_eq(given.as_bytes()))
+            })
+        })
+    }
+
+    /// Queues a lifecycle event for the webhooks; never waits.
+    pub fn emit(&self, kind: EventKind, id: &str, data: serde_json::Value) {
+        self.events.emit(kind, id, data);
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// `len` random lowercase alphanumerics (about 5.2 bits each).
+pub(crate) fn random_token(len: usize) -> String {
+    random_id("", len)
 }
 
 /// Default timeout of a code run.

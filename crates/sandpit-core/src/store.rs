@@ -14,6 +14,23 @@ pub trait Store: Send + Sync {
     fn put(&self, rec: &Record) -> Result<(), CoreError>;
     fn delete(&self, id: &str) -> Result<(), CoreError>;
     fn all(&self) -> Result<Vec<Record>, CoreError>;
+    /// Sets the public token of a sandbox's port (replacing one it had).
+    fn put_port_token(&self, t: &PortToken) -> Result<(), CoreError>;
+    /// Whether a token existed.
+    fn delete_port_token(&self, sandbox_id: &str, port: u16) -> Result<bool, CoreError>;
+    fn delete_port_tokens(&self, sandbox_id: &str) -> Result<(), CoreError>;
+    fn port_tokens(&self, sandbox_id: &str) -> Result<Vec<PortToken>, CoreError>;
+}
+
+/// A public token of one port of one sandbox; only its SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortToken {
+    pub sandbox_id: String,
+    pub port: u16,
+    /// Lowercase hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
 }
 
 pub struct SqliteStore {
@@ -40,6 +57,17 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 PRAGMA user_version = 1;
 ";
 
+/// Public port tokens, deleted with their sandbox.
+const PORT_TOKENS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS port_tokens (
+    sandbox_id TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    token_sha256 TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (sandbox_id, port)
+);
+";
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, CoreError> {
         let conn = Connection::open(path).map_err(db_err)?;
@@ -48,6 +76,7 @@ impl SqliteStore {
         )
         .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.execute_batch(PORT_TOKENS_SCHEMA).map_err(db_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -148,6 +177,56 @@ impl Store for SqliteStore {
         }
         Ok(out)
     }
+
+    fn put_port_token(&self, t: &PortToken) -> Result<(), CoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO port_tokens (sandbox_id, port, token_sha256, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(sandbox_id, port) DO UPDATE SET token_sha256=?3, created_at=?4",
+                params![t.sandbox_id, t.port, t.token_sha256, t.created_at],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn delete_port_token(&self, sandbox_id: &str, port: u16) -> Result<bool, CoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM port_tokens WHERE sandbox_id = ?1 AND port = ?2",
+                params![sandbox_id, port],
+            )
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    fn delete_port_tokens(&self, sandbox_id: &str) -> Result<(), CoreError> {
+        self.conn()
+            .execute(
+                "DELETE FROM port_tokens WHERE sandbox_id = ?1",
+                params![sandbox_id],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn port_tokens(&self, sandbox_id: &str) -> Result<Vec<PortToken>, CoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT port, token_sha256, created_at FROM port_tokens WHERE sandbox_id = ?1 ORDER BY port")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![sandbox_id], |row| {
+                Ok(PortToken {
+                    sandbox_id: sandbox_id.to_string(),
+                    port: row.get(0)?,
+                    token_sha256: row.get(1)?,
+                    created_at: row.get(2)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
+    }
 }
 
 #[cfg(test)]
@@ -194,5 +273,34 @@ mod tests {
         assert_eq!(all[0].env["K"], "V");
         assert_eq!(all[0].launched.unwrap().pid, 10);
         assert_eq!(all[0].limits.cpus, Some(0.5));
+    }
+
+    #[test]
+    fn port_tokens_survive_reopening_and_go_with_their_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let tok = |id: &str, port, h: &str| PortToken {
+            sandbox_id: id.into(),
+            port,
+            token_sha256: h.into(),
+            created_at: 5,
+        };
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.put_port_token(&tok("a", 80, "h1")).unwrap();
+            s.put_port_token(&tok("a", 80, "h2")).unwrap();
+            s.put_port_token(&tok("a", 81, "h3")).unwrap();
+            s.put_port_token(&tok("b", 80, "h4")).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            s.port_tokens("a").unwrap(),
+            vec![tok("a", 80, "h2"), tok("a", 81, "h3")]
+        );
+        assert!(s.delete_port_token("a", 81).unwrap());
+        assert!(!s.delete_port_token("a", 81).unwrap());
+        s.delete_port_tokens("a").unwrap();
+        assert!(s.port_tokens("a").unwrap().is_empty());
+        assert_eq!(s.port_tokens("b").unwrap().len(), 1);
     }
 }

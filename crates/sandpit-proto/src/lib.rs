@@ -166,6 +166,13 @@ pub enum Request {
         locals: bool,
         init: Option<ContextInit>,
     },
+    /// Opens a TCP connection to `port` on the sandbox's loopback (127.0.0.1, then ::1);
+    /// answered by `Ok` (or `Error` with `NotRunning` when nothing listens). After `Ok` the
+    /// connection carries the TCP stream's raw bytes both ways, no frames, until either
+    /// side closes: it is a tunnel and never serves another request.
+    Connect {
+        port: u16,
+    },
 }
 
 /// How a code-interpreter context starts (and restarts).

@@ -4,6 +4,7 @@ pub mod contexts;
 pub mod exec;
 pub mod files;
 pub mod ops;
+pub mod ports;
 pub mod processes;
 pub mod pty;
 pub mod sandboxes;

@@ -1,0 +1,297 @@
+//! Lifecycle events and their webhooks: an in-memory bounded queue fed by
+//! [`crate::SandboxManager::emit`] (which never waits), and a delivery task that POSTs each
+//! event to every webhook subscribed to its kind, signed with HMAC-SHA256 and retried with
+//! exponential backoff. A full queue drops the event with a warning and a metric.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::model::{now_ms, rfc3339};
+
+/// Events waiting for delivery before new ones are dropped.
+const QUEUE: usize = 1024;
+/// Deliveries in flight at once (each may be waiting out its backoff).
+const IN_FLIGHT: usize = 64;
+/// Longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What happened to a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Slept,
+    Woken,
+    Expired,
+    Deleted,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Created,
+        EventKind::Slept,
+        EventKind::Woken,
+        EventKind::Expired,
+        EventKind::Deleted,
+    ];
+
+    /// The event's `type`, as webhooks see it and subscribe to it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "sandbox.created",
+            EventKind::Slept => "sandbox.slept",
+            EventKind::Woken => "sandbox.woken",
+            EventKind::Expired => "sandbox.expired",
+            EventKind::Deleted => "sandbox.deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One webhook endpoint.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// An `http://` URL (this build has no TLS client).
+    pub url: String,
+    /// Key of the HMAC-SHA256 signature.
+    pub secret: String,
+    /// Kinds delivered to it; empty means all.
+    pub events: Vec<EventKind>,
+    /// Attempts per event, the first included.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled after each.
+    pub initial_backoff: Duration,
+    /// Per attempt.
+    pub timeout: Duration,
+}
+
+impl Webhook {
+    pub fn new(url: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            secret: secret.into(),
+            events: Vec::new(),
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn wants(&self, kind: EventKind) -> bool {
+        self.events.is_empty() || self.events.contains(&kind)
+    }
+
+    /// The URL for logs: no query string or credentials, which may carry secrets.
+    fn shown(&self) -> String {
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) => {
+                format!(
+                    "{}://{}{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or(""),
+                    u.port().map(|p| format!(":{p}")).unwrap_or_default()
+                ) + u.path()
+            }
+            Err(_) => "<invalid url>".into(),
+        }
+    }
+}
+
+/// Checks a webhook's URL: `http://` with a host.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("webhook url '{url}': {e}"))?;
+    match u.scheme() {
+        "http" if u.host_str().is_some() => Ok(()),
+        "https" => Err(format!(
+            "webhook url '{url}': https is not supported by this build (no TLS client); \
+             use http, e.g. to a local relay"
+        )),
+        _ => Err(format!("webhook url '{url}' must be an http:// URL")),
+    }
+}
+
+/// `sha256=<hex>` of HMAC-SHA256 over `timestamp + "." + body`.
+pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    // HMAC takes keys of any length: new_from_slice cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+struct Event {
+    id: String,
+    kind: EventKind,
+    sandbox_id: String,
+    body: Bytes,
+}
+
+/// The sending side of the event queue; cheap to call from any request path.
+pub struct Events {
+    tx: Option<mpsc::Sender<Event>>,
+}
+
+impl Events {
+    /// Starts the delivery task (inside a tokio runtime) when there is any webhook.
+    pub fn start(hooks: Vec<Webhook>) -> Self {
+        if hooks.is_empty() {
+            return Self { tx: None };
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("webhooks configured outside a runtime: events are not delivered");
+            return Self { tx: None };
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        rt.spawn(dispatch(rx, hooks.into_iter().map(Arc::new).collect()));
+        Self { tx: Some(tx) }
+    }
+
+    /// Queues an event; never waits. `data` is the event's `data` object.
+    pub fn emit(&self, kind: EventKind, sandbox_id: &str, data: serde_json::Value) {
+        let Some(tx) = &self.tx else { return };
+        let id = format!("evt_{}", crate::manager::random_token(24));
+        let body = serde_json::json!({
+            "id": id,
+            "type": kind.as_str(),
+            "sandbox_id": sandbox_id,
+            "timestamp": rfc3339(now_ms()),
+            "data": data,
+        });
+        let body = match serde_json::to_vec(&body) {
+            Ok(b) => Bytes::from(b),
+            Err(_) => return,
+        };
+        let event = Event {
+            id,
+            kind,
+            sandbox_id: sandbox_id.to_string(),
+            body,
+        };
+        if let Err(e) = tx.try_send(event) {
+            let event = match e {
+                mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
+            };
+            metrics::counter!("sandpit_webhook_events_dropped_total").increment(1);
+            tracing::warn!(event = %event.id, kind = kind.as_str(), sandbox = %event.sandbox_id,
+                "webhook queue full: event dropped");
+        }
+    }
+}
+
+async fn dispatch(mut rx: mpsc::Receiver<Event>, hooks: Vec<Arc<Webhook>>) {
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook client: events are not delivered");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(event) = rx.recv().await {
+        let event = Arc::new(event);
+        for hook in hooks.iter().filter(|h| h.wants(event.kind)) {
+            // Waiting here backs the queue up, and emit then drops: memory stays bounded.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (client, hook, event) = (client.clone(), hook.clone(), event.clone());
+            tokio::spawn(async move {
+                deliver(&client, &hook, &event).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+async fn deliver(client: &reqwest::Client, hook: &Webhook, event: &Event) {
+    let url = hook.shown();
+    let mut backoff = hook.initial_backoff;
+    let attempts = hook.max_attempts.max(1);
+    for attempt in 1..=attempts {
+        let timestamp = (now_ms() / 1000).to_string();
+        let sent = client
+            .post(&hook.url)
+            .timeout(hook.timeout)
+            .header("content-type", "application/json")
+            .header("user-agent", concat!("sandpit/", env!("CARGO_PKG_VERSION")))
+            .header("x-sandpit-event", event.kind.as_str())
+            .header("x-sandpit-delivery", &event.id)
+            .header("x-sandpit-timestamp", &timestamp)
+            .header(
+                "x-sandpit-signature",
+                signature(&hook.secret, &timestamp, &event.body),
+            )
+            .body(event.body.clone())
+            .send()
+            .await;
+        let failure = match sent {
+            Ok(resp) if resp.status().is_success() => {
+                metrics::counter!("sandpit_webhook_deliveries_total", "result" => "ok")
+                    .increment(1);
+                tracing::info!(event = %event.id, kind = event.kind.as_str(), sandbox = %event.sandbox_id,
+                    %url, attempt, status = resp.status().as_u16(), "webhook delivered");
+                return;
+            }
+            Ok(resp) => format!("answered {}", resp.status()),
+            // Without the URL: reqwest's message would carry its query string.
+            Err(e) => format!("{}", e.without_url()),
+        };
+        metrics::counter!("sandpit_webhook_deliveries_total", "result" => "retry").increment(1);
+        tracing::info!(event = %event.id, kind = event.kind.as_str(), %url, attempt,
+            error = %failure, "webhook attempt failed");
+        if attempt < attempts {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        } else {
+            metrics::counter!("sandpit_webhook_deliveries_total", "result" => "failed")
+                .increment(1);
+            tracing::warn!(event = %event.id, kind = event.kind.as_str(), sandbox = %event.sandbox_id,
+                %url, attempts, error = %failure, "webhook delivery gave up");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(EventKind::parse("sandbox.nope"), None);
+    }
+
+    #[test]
+    fn signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // Python: hmac.new(b"Jefe", b"what do ya want.for nothing?", hashlib.sha256)
+        assert_eq!(
+            signature("Jefe", "what do ya want", b"for nothing?"),
+            "sha256=e33f91577b90d4b3bbd73cb61803074f1965d27701b5527942dd9ea9443af37c"
+        );
+    }
+
+    #[test]
+    fn urls_are_checked_and_shown_without_query() {
+        assert!(check_url("http://127.0.0.1:9/hook").is_ok());
+        assert!(check_url("https://example.com/hook").is_err());
+        assert!(check_url("ftp://example.com/").is_err());
+        let h = Webhook::new("http://u:p@h.example:81/x?key=secret", "s");
+        assert_eq!(h.shown(), "http://h.example:81/x");
+    }
+}
