@@ -1,0 +1,332 @@
+//! Webhooks: lifecycle events POSTed to receivers the test runs on 127.0.0.1, signed with
+//! HMAC-SHA256 over `timestamp + "." + body`, retried after a failure, filtered by type, and
+//! never holding up the request that caused them.
+
+mod common;
+
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Bound on the wait for one delivery (retries back off 100 ms, 200 ms, ...).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One request a receiver got, and what it answered.
+#[derive(Debug, Clone)]
+struct Delivery {
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+    answered: u16,
+}
+
+impl Delivery {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("delivery body is JSON")
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("delivery without {name}: {self:?}"))
+    }
+
+    /// Checks `X-Sandpit-Signature` with the hmac crate.
+    #[track_caller]
+    fn assert_signed(&self, secret: &str) {
+        let sig = self.header("x-sandpit-signature");
+        let hex_sig = sig.strip_prefix("sha256=").expect("sha256= prefix");
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(self.header("x-sandpit-timestamp").as_bytes());
+        mac.update(b".");
+        mac.update(&self.body);
+        mac.verify_slice(&hex::decode(hex_sig).expect("hex signature"))
+            .unwrap_or_else(|_| panic!("bad signature on {self:?}"));
+        // And a signature with the wrong secret does not verify.
+        let mut wrong = Hmac::<Sha256>::new_from_slice(b"wrong").expect("key");
+        wrong.update(self.header("x-sandpit-timestamp").as_bytes());
+        wrong.update(b".");
+        wrong.update(&self.body);
+        assert!(wrong
+            .verify_slice(&hex::decode(hex_sig).expect("hex"))
+            .is_err());
+    }
+}
+
+fn read_request(stream: &mut TcpStream) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split(' ').nth(1)?.to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let len: usize = headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some((path, headers, body))
+}
+
+/// A webhook receiver: answers 500 to its first `failures` requests and 200 after, and
+/// hands every request to the test.
+fn receiver(failures: usize) -> (u16, mpsc::Receiver<Delivery>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let Some((path, headers, body)) = read_request(&mut stream) else {
+                continue;
+            };
+            let answered = if seen < failures { 500 } else { 200 };
+            seen += 1;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {answered} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let d = Delivery {
+                path,
+                headers,
+                body,
+                answered,
+            };
+            if tx.send(d).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// A receiver that accepts and reads, and never answers; counts its connections.
+fn stuck_receiver() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (port, count)
+}
+
+/// Collects deliveries until one matches, within [`WAIT`]; returns it and those before it.
+#[track_caller]
+fn wait_for(
+    rx: &mpsc::Receiver<Delivery>,
+    all: &mut Vec<Delivery>,
+    what: &str,
+    pred: impl Fn(&Delivery) -> bool,
+) -> Delivery {
+    let deadline = Instant::now() + WAIT;
+    if let Some(d) = all.iter().find(|d| pred(d)) {
+        return d.clone();
+    }
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(d) => {
+                all.push(d.clone());
+                if pred(&d) {
+                    return d;
+                }
+            }
+            Err(_) => panic!("no delivery of {what} within {WAIT:?}; got {all:?}"),
+        }
+    }
+}
+
+fn is(d: &Delivery, kind: &str, sandbox: &str) -> bool {
+    let v = d.json();
+    v["type"] == kind && v["sandbox_id"] == sandbox
+}
+
+#[test]
+fn events_are_signed_retried_filtered_and_never_block_requests() {
+    let (p1, rx1) = receiver(1);
+    let (p2, rx2) = receiver(0);
+    let (p3, stuck) = stuck_receiver();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sandpit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[webhooks]]
+url = "http://127.0.0.1:{p1}/hook?key=in-the-query"
+secret = "s3cret"
+backoff_ms = 100
+
+[[webhooks]]
+url = "http://127.0.0.1:{p2}/deleted-only"
+secret = "other"
+events = ["sandbox.deleted"]
+
+[[webhooks]]
+url = "http://127.0.0.1:{p3}/stuck"
+secret = "x"
+timeout_ms = 600000
+"#
+        ),
+    )
+    .expect("config");
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    });
+    let mut all1 = Vec::new();
+    let mut all2 = Vec::new();
+
+    // created: refused once with 500, delivered again, the same event both times.
+    let a = unique("hooks");
+    let view = server.create(&json!({"id": a, "keepalive_seconds": 0}));
+    let first = wait_for(&rx1, &mut all1, "created (first try)", |d| {
+        is(d, "sandbox.created", &a)
+    });
+    assert_eq!(first.answered, 500);
+    let again = wait_for(&rx1, &mut all1, "created (retry)", |d| {
+        is(d, "sandbox.created", &a) && d.answered == 200
+    });
+    assert_eq!(
+        first.header("x-sandpit-delivery"),
+        again.header("x-sandpit-delivery")
+    );
+    assert_eq!(first.body, again.body);
+    for d in [&first, &again] {
+        d.assert_signed("s3cret");
+        assert_eq!(d.path, "/hook?key=in-the-query");
+        assert_eq!(d.header("x-sandpit-event"), "sandbox.created");
+        assert_eq!(d.header("content-type"), "application/json");
+        let ts: i64 = d
+            .header("x-sandpit-timestamp")
+            .parse()
+            .expect("unix seconds");
+        assert!((ts as f64 - now_unix()).abs() < 3600.0, "timestamp {ts}");
+    }
+    let body = again.json();
+    assert_eq!(body["id"], again.header("x-sandpit-delivery"));
+    assert!(body["id"].as_str().is_some_and(|s| s.starts_with("evt_")));
+    assert_eq!(body["data"]["id"], a.as_str());
+    assert_eq!(body["data"]["created_at"], view["created_at"]);
+    let at = body["timestamp"].as_str().expect("timestamp");
+    assert!(at.ends_with('Z') && parse_utc(at).is_some(), "{at}");
+
+    // The receiver that never answers holds deliveries open; requests go on regardless.
+    let more: Vec<String> = (0..3)
+        .map(|_| {
+            let id = unique("hooks");
+            server.create(&json!({"id": id, "keepalive_seconds": 0}));
+            id
+        })
+        .collect();
+    for id in &more {
+        wait_for(&rx1, &mut all1, "created of another sandbox", |d| {
+            is(d, "sandbox.created", id)
+        })
+        .assert_signed("s3cret");
+    }
+    assert!(
+        stuck.load(Ordering::SeqCst) >= 1,
+        "the stuck receiver got no delivery"
+    );
+
+    // deleted: to both receivers; the filtered one gets nothing else.
+    server.delete_sandbox(&a);
+    let d = wait_for(&rx1, &mut all1, "deleted", |d| is(d, "sandbox.deleted", &a));
+    d.assert_signed("s3cret");
+    assert_eq!(d.json()["data"], json!({}));
+    let d2 = wait_for(&rx2, &mut all2, "deleted (filtered hook)", |d| {
+        is(d, "sandbox.deleted", &a)
+    });
+    d2.assert_signed("other");
+    assert_eq!(d2.path, "/deleted-only");
+
+    // expired, then deleted, when the keepalive runs out.
+    let e = unique("hooks");
+    server.create(&json!({"id": e, "keepalive_seconds": 1}));
+    let x = wait_for(&rx1, &mut all1, "expired", |d| is(d, "sandbox.expired", &e));
+    x.assert_signed("s3cret");
+    assert_eq!(x.header("x-sandpit-event"), "sandbox.expired");
+    assert_eq!(x.json()["data"]["keepalive_seconds"], 1);
+    wait_for(&rx1, &mut all1, "deleted after expiry", |d| {
+        is(d, "sandbox.deleted", &e)
+    })
+    .assert_signed("s3cret");
+    wait_for(&rx2, &mut all2, "deleted after expiry (filtered)", |d| {
+        is(d, "sandbox.deleted", &e)
+    });
+    assert!(
+        all2.iter().all(|d| d.json()["type"] == "sandbox.deleted"),
+        "the deleted-only hook got {all2:?}"
+    );
+    // Secrets stay out of the log.
+    let log = server.log();
+    assert!(log.contains("webhook delivered"), "deliveries are logged");
+    assert!(
+        !log.contains("s3cret") && !log.contains("in-the-query"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_webhook_settings_refuse_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (toml, says) in [
+        (
+            "[[webhooks]]\nurl = \"https://example.com/h\"\nsecret = \"s\"\n",
+            "https is not supported",
+        ),
+        (
+            "[[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"s\"\nevents = [\"sandbox.nope\"]\n",
+            "webhook event 'sandbox.nope'",
+        ),
+        (
+            "[[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"\"\n",
+            "secret must not be empty",
+        ),
+        ("[[webhooks]]\nurl = \"not a url\"\nsecret = \"s\"\n", "webhook url"),
+    ] {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, toml).expect("config");
+        let data = dir.path().join("data");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let (status, out) = run_binary(
+            &[
+                "serve",
+                "--listen",
+                &listen,
+                "--data-dir",
+                &data.display().to_string(),
+                "--config",
+                &config.display().to_string(),
+            ],
+            Duration::from_secs(30),
+        )
+        .expect("the server exits on a bad config");
+        assert!(!status.success(), "started with {toml}");
+        assert!(out.contains(says), "{toml} => {out}");
+    }
+}
