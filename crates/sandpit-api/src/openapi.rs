@@ -51,7 +51,7 @@ const BEARER: &str = "bearer_auth";
         ports::revoke_token, ports::list_tokens,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&Auth, &Reasons),
+    modifiers(&Auth, &Reasons, &PerMethodIds),
     security(("bearer_auth" = [])),
     tags(
         (name = "sandboxes", description = "Create, inspect, keep alive and delete sandboxes"),
@@ -132,6 +132,42 @@ impl Modify for Auth {
             } else {
                 let unauthorized = RefOr::Ref(Ref::from_response_name("Unauthorized"));
                 op.responses.responses.insert("401".into(), unauthorized);
+            }
+        }
+    }
+}
+
+/// One handler documented for several methods (the port proxy) gets one operation id
+/// per method: `<id>_<method>`.
+struct PerMethodIds;
+
+impl Modify for PerMethodIds {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                ("get", &mut item.get),
+                ("put", &mut item.put),
+                ("post", &mut item.post),
+                ("delete", &mut item.delete),
+                ("options", &mut item.options),
+                ("head", &mut item.head),
+                ("patch", &mut item.patch),
+                ("trace", &mut item.trace),
+            ];
+            let mut seen = BTreeMap::<String, usize>::new();
+            for (_, op) in &ops {
+                if let Some(id) = op.as_ref().and_then(|o| o.operation_id.clone()) {
+                    *seen.entry(id).or_default() += 1;
+                }
+            }
+            for (method, op) in ops {
+                if let Some(op) = op.as_mut() {
+                    if let Some(id) = op.operation_id.as_mut() {
+                        if seen.get(id.as_str()).is_some_and(|n| *n > 1) {
+                            *id = format!("{id}_{method}");
+                        }
+                    }
+                }
             }
         }
     }
