@@ -137,6 +137,7 @@ fn concrete(path: &str, op: &Value) -> String {
     for name in ["sid", "pid", "cid"] {
         url = url.replace(&format!("{{{name}}}"), "x");
     }
+    url = url.replace("{port}", "8000").replace("{path}", "x");
     assert!(!url.contains('{'), "unknown path parameter in {path}");
     let required: Vec<String> = op["parameters"]
         .as_array()

@@ -336,7 +336,7 @@ pub async fn proxy_index(
 #[utoipa::path(method(get, post, put, delete, patch, options), path = "/v1/sandboxes/{id}/ports/{port}",
     tag = "ports", operation_id = "proxy_port_root",
     params(PortPath),
-    responses((status = 308, description = "GET and HEAD: redirect to `.../ports/{port}/`, query kept"),
+    responses((status = 308, description = "GET and HEAD (authorized like the proxy): redirect to `.../ports/{port}/`, query kept"),
         (status = 200, description = "Other methods: what the sandbox's server answers for `/`"),
         (status = 400, description = "`bad_request`: the port is not 1-65535", body = ErrorBody),
         (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
@@ -352,6 +352,9 @@ pub async fn proxy_root(
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     ) {
+        let (parts, body) = req.into_parts();
+        auth::port_access(&s, &parts, &id, port)?;
+        let req = Request::from_parts(parts, body);
         let query = req
             .uri()
             .query()
