@@ -333,6 +333,26 @@ fn websockets_pass_through_unchanged() {
         ws_connect(&server, &port_path(&id, 8765, "/"), &[]).err(),
         Some(401)
     );
+    // A browser's WebSocket carries no Authorization: the port's public token opens it.
+    let r = server.request(
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/port-tokens/8765"),
+    );
+    r.expect(201);
+    let token = r.json()["token"].as_str().expect("token").to_string();
+    let mut ws = ws_connect(
+        &server,
+        &port_path(&id, 8765, &format!("/live?sandpit_token={token}")),
+        &[],
+    )
+    .expect("upgrade with the port token");
+    assert_eq!(next_text(&mut ws), "path:/live");
+    ws.send(Message::Text("public".into())).expect("send");
+    assert_eq!(next_text(&mut ws), "echo:public");
+    let cookie = format!("sandpit_port_token={token}");
+    let mut ws = ws_connect(&server, &port_path(&id, 8765, "/c"), &[("Cookie", &cookie)])
+        .expect("upgrade with the port-token cookie");
+    assert_eq!(next_text(&mut ws), "path:/c");
     assert_eq!(
         ws_connect(
             &server,
@@ -371,6 +391,17 @@ fn a_public_token_opens_its_port_and_nothing_else() {
 
     // Without any token: 401.
     anon_get(&server, &port_path(&a, 8000, "/hello.txt")).expect_error(401, "unauthorized");
+    anon_get(&server, &port_path(&a, 8000, "")).expect_error(401, "unauthorized");
+    // The shared link itself: `/ports/8000/?sandpit_token=`, and without the slash.
+    let r = anon_get(&server, &url[url.find("/v1/").expect("path")..]);
+    r.expect(200);
+    assert!(r.text().contains("hello.txt"), "{}", r.text());
+    let r = anon_get(
+        &server,
+        &port_path(&a, 8000, &format!("?sandpit_token={token}")),
+    );
+    r.expect(200);
+    assert!(r.text().contains("hello.txt"), "{}", r.text());
 
     // The token in the query: in, not forwarded, and a cookie for the port's path is set.
     let (r, h) = server.send_with_headers(server.req_anon(
