@@ -56,7 +56,7 @@ impl EventKind {
 }
 
 /// One webhook endpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Webhook {
     /// An `http://` URL (this build has no TLS client).
     pub url: String,
@@ -70,6 +70,19 @@ pub struct Webhook {
     pub initial_backoff: Duration,
     /// Per attempt.
     pub timeout: Duration,
+}
+
+/// Without the secret or the URL's query, so a logged config leaks neither.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.shown())
+            .field("events", &self.events)
+            .field("max_attempts", &self.max_attempts)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Webhook {
@@ -291,7 +304,12 @@ mod tests {
         assert!(check_url("http://127.0.0.1:9/hook").is_ok());
         assert!(check_url("https://example.com/hook").is_err());
         assert!(check_url("ftp://example.com/").is_err());
-        let h = Webhook::new("http://u:p@h.example:81/x?key=secret", "s");
+        let h = Webhook::new("http://u:p@h.example:81/x?key=secret", "hunter2");
         assert_eq!(h.shown(), "http://h.example:81/x");
+        let debug = format!("{h:?}");
+        assert!(
+            !debug.contains("secret") && !debug.contains("hunter2"),
+            "{debug}"
+        );
     }
 }

@@ -357,6 +357,9 @@ impl SandboxManager {
         };
         let life = handle.life.lock().await;
         let result = async {
+            // A token left by a sandbox of the same id (a delete racing a token's creation)
+            // must not open this one.
+            self.store.delete_port_tokens(&id)?;
             self.store.put(&handle.record().clone())?;
             self.start(&handle).await
         }

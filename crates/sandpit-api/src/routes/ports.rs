@@ -210,6 +210,8 @@ fn forward_request_headers(h: &mut HeaderMap, upgrade: bool) {
     strip_hop_by_hop(h, upgrade);
     h.remove(header::AUTHORIZATION);
     h.remove(PORT_TOKEN_HEADER);
+    // sandpit's own server side has answered `100 Continue` already.
+    h.remove(header::EXPECT);
     // The port-token cookie is sandpit's; the sandbox's own cookies pass.
     let cookies: Vec<String> = h
         .get_all(header::COOKIE)
