@@ -629,3 +629,56 @@ fn host_names_under_the_ports_domain_reach_ports() {
         )
         .expect_error(404, "not_found");
 }
+
+/// Open file descriptors of the sandbox's agent (PID 1 inside).
+fn agent_fds(server: &Server, id: &str) -> usize {
+    let out = server.run_ok(id, "ls /proc/1/fd | wc -l");
+    out.trim().parse().expect("a count")
+}
+
+#[test]
+fn bodies_stream_and_abandoned_exchanges_leave_nothing_behind() {
+    let server = token_server();
+    let id = sandbox_with_app(&server, 8000);
+
+    // The second line is written only after the first one has arrived: no buffering.
+    let resp = server
+        .req(Method::GET, &port_path(&id, 8000, "/stream"))
+        .send()
+        .expect("stream");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(resp));
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("first"));
+    server.put_file(&id, "/workspace/site/go", b"");
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("second"));
+    assert!(lines.next().is_none());
+
+    // Downloads dropped half-way, and requests finished, close their tunnels.
+    server.run_ok(&id, "head -c 20971520 /dev/zero > /workspace/site/big.bin");
+    let before = agent_fds(&server, &id);
+    for _ in 0..8 {
+        let mut resp = server
+            .req(Method::GET, &port_path(&id, 8000, "/big.bin"))
+            .send()
+            .expect("download");
+        let mut some = vec![0u8; 64 * 1024];
+        std::io::Read::read_exact(&mut resp, &mut some).expect("the first bytes");
+        drop(resp);
+        server
+            .request(Method::GET, &port_path(&id, 8000, "/hello.txt"))
+            .expect(200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut now = agent_fds(&server, &id);
+    while now > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        now = agent_fds(&server, &id);
+    }
+    assert!(
+        now <= before,
+        "the agent holds {now} descriptors, {before} before"
+    );
+    // The app still answers.
+    let r = server.request(Method::GET, &port_path(&id, 8000, "/hello.txt"));
+    r.expect(200);
+}

@@ -1,8 +1,11 @@
 # A test web app for the port proxy: files from the current directory, plus
 #   ANY /echo...   answers the request body, with X-Method and X-Path (path and query)
 #   GET /headers   answers {"path", "headers"} as JSON
+#   GET /stream    a line, then another once the file `go` exists
 import json
+import os
 import sys
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -31,6 +34,18 @@ class Handler(SimpleHTTPRequestHandler):
             self.wfile.write(body)
         elif self.path.startswith("/echo"):
             self.echo()
+        elif self.path.startswith("/stream"):
+            # One line now, the next once the file `go` exists: the body must stream.
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            self.wfile.write(b"first\n")
+            self.wfile.flush()
+            while not os.path.exists("go"):
+                time.sleep(0.05)
+            self.wfile.write(b"second\n")
         else:
             super().do_GET()
 
