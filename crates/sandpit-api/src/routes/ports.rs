@@ -115,33 +115,13 @@ pub async fn proxy(
         .map_err(|e| ApiError::bad_request("bad_request", format!("request path: {e}")))?;
     parts.version = axum::http::Version::HTTP_11;
     forward_request_headers(&mut parts.headers, upgrade);
-    let h = &mut parts.headers;
-    if let Ok(v) = HeaderValue::from_str(&format!("localhost:{port}")) {
-        h.insert(header::HOST, v);
-    }
-    if let Some(host) = original_host {
-        h.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-    if !h.contains_key("x-forwarded-proto") {
-        h.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
-    }
-    if let Some(ip) = client_addr {
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
-    }
-    if !prefix.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&prefix) {
-            h.insert(HeaderName::from_static("x-forwarded-prefix"), v);
-        }
-    }
+    add_forwarding(
+        &mut parts.headers,
+        port,
+        original_host,
+        client_addr,
+        &prefix,
+    );
 
     let mut resp = sender
         .send_request(axum::http::Request::from_parts(parts, body))
@@ -168,6 +148,43 @@ pub async fn proxy(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, switched);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// `Host` as the sandbox's server expects it and `X-Forwarded-*` saying where the request
+/// came from.
+fn add_forwarding(
+    h: &mut HeaderMap,
+    port: u16,
+    original_host: Option<HeaderValue>,
+    client_addr: Option<std::net::IpAddr>,
+    prefix: &str,
+) {
+    if let Ok(v) = HeaderValue::from_str(&format!("localhost:{port}")) {
+        h.insert(header::HOST, v);
+    }
+    if let Some(host) = original_host {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+    if let Some(ip) = client_addr {
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    if !prefix.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(prefix) {
+            h.insert(HeaderName::from_static("x-forwarded-prefix"), v);
+        }
+    }
 }
 
 fn wants_upgrade(h: &HeaderMap) -> bool {
