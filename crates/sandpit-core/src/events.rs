@@ -170,9 +170,10 @@ impl Events {
         Self { tx: Some(tx) }
     }
 
-    /// Queues an event; never waits. `data` is the event's `data` object.
-    pub fn emit(&self, kind: EventKind, sandbox_id: &str, data: serde_json::Value) {
-        let Some(tx) = &self.tx else { return };
+    /// Queues an event; never waits. `data` is the event's `data` object. False when it
+    /// was dropped (no webhooks, or the queue is full).
+    pub fn emit(&self, kind: EventKind, sandbox_id: &str, data: serde_json::Value) -> bool {
+        let Some(tx) = &self.tx else { return false };
         let id = format!("evt_{}", crate::manager::random_token(24));
         let body = serde_json::json!({
             "id": id,
@@ -183,7 +184,7 @@ impl Events {
         });
         let body = match serde_json::to_vec(&body) {
             Ok(b) => Bytes::from(b),
-            Err(_) => return,
+            Err(_) => return false,
         };
         let event = Event {
             id,
@@ -198,7 +199,9 @@ impl Events {
             metrics::counter!("sandpit_webhook_events_dropped_total").increment(1);
             tracing::warn!(event = %event.id, kind = kind.as_str(), sandbox = %event.sandbox_id,
                 "webhook queue full: event dropped");
+            return false;
         }
+        true
     }
 }
 
@@ -297,6 +300,27 @@ mod tests {
             signature("Jefe", "what do ya want", b"for nothing?"),
             "sha256=e33f91577b90d4b3bbd73cb61803074f1965d27701b5527942dd9ea9443af37c"
         );
+    }
+
+    #[test]
+    fn a_full_queue_drops_without_waiting() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let events = Events { tx: Some(tx) };
+        let data = || serde_json::json!({"n": 1});
+        assert!(events.emit(EventKind::Created, "a", data()));
+        assert!(events.emit(EventKind::Deleted, "a", data()));
+        assert!(
+            !events.emit(EventKind::Created, "b", data()),
+            "a third does not fit"
+        );
+        let first = rx.try_recv().expect("queued");
+        let v: serde_json::Value = serde_json::from_slice(&first.body).expect("JSON");
+        assert_eq!(v["type"], "sandbox.created");
+        assert_eq!(v["sandbox_id"], "a");
+        assert_eq!(v["id"], first.id.as_str());
+        assert_eq!(v["data"], data());
+        assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(!Events::start(Vec::new()).emit(EventKind::Created, "a", data()));
     }
 
     #[test]

@@ -989,7 +989,7 @@ impl SandboxManager {
 
     /// Queues a lifecycle event for the webhooks; never waits.
     pub fn emit(&self, kind: EventKind, id: &str, data: serde_json::Value) {
-        self.events.emit(kind, id, data);
+        let _queued = self.events.emit(kind, id, data);
     }
 }
 
