@@ -39,6 +39,8 @@ impl From<CoreError> for ApiError {
             "no_space" => StatusCode::INSUFFICIENT_STORAGE,
             "sandbox_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+            "not_supported" => StatusCode::NOT_IMPLEMENTED,
+            "git_failed" => StatusCode::BAD_GATEWAY,
             _ => StatusCode::BAD_REQUEST,
         };
         Self::new(status, code, e.to_string())

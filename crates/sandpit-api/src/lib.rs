@@ -157,6 +157,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/sandboxes/{id}/port-tokens/{port}",
             post(routes::ports::create_token).delete(routes::ports::revoke_token),
         )
+        .route("/v1/sandboxes/{id}/git/clone", post(routes::git::clone))
         .route("/metrics", get(routes::ops::metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files)

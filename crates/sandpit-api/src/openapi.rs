@@ -19,7 +19,9 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::routes::files::EntryView;
-use crate::routes::{contexts, exec, files, ops, ports, processes, pty, sandboxes, sessions};
+use crate::routes::{
+    contexts, exec, files, git, ops, ports, processes, pty, sandboxes, sessions,
+};
 
 /// Paths anyone may call: outside the bearer-token layer in [`crate::router`].
 const PUBLIC_PATHS: &[&str] = &["/health", "/openapi.json"];
@@ -46,6 +48,7 @@ const BEARER: &str = "bearer_auth";
         pty::open,
         contexts::create, contexts::list, contexts::get, contexts::delete, contexts::restart,
         contexts::run,
+        git::clone,
         ops::health, ops::metrics, serve,
         ports::proxy_path, ports::proxy_index, ports::proxy_root, ports::create_token,
         ports::revoke_token, ports::list_tokens,
@@ -61,6 +64,7 @@ const BEARER: &str = "bearer_auth";
         (name = "processes", description = "Background processes with logs, stdin and signals"),
         (name = "terminals", description = "Interactive terminals over a WebSocket"),
         (name = "code", description = "Stateful Python and JavaScript interpreters"),
+        (name = "git", description = "Clone and pull repositories inside a sandbox"),
         (name = "ops", description = "Health, metrics and this document"),
         (name = "ports", description = "HTTP and WebSocket to ports inside a sandbox, and public port tokens"),
     )

@@ -24,6 +24,13 @@ pub enum CoreError {
     Unavailable { id: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// This server cannot do what was asked (e.g. egress networking when rootless).
+    #[error("{0}")]
+    NotSupported(String),
+    /// git failed: it could not reach or authenticate to the repository, or the checkout
+    /// does not fast-forward. The message carries git's (redacted) stderr.
+    #[error("{0}")]
+    GitFailed(String),
 }
 
 impl CoreError {
@@ -53,6 +60,8 @@ impl CoreError {
             },
             Self::Unavailable { .. } => "sandbox_unavailable",
             Self::Internal(_) => "internal",
+            Self::NotSupported(_) => "not_supported",
+            Self::GitFailed(_) => "git_failed",
         }
     }
 

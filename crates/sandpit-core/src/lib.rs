@@ -6,8 +6,10 @@
 pub mod agent;
 mod error;
 pub mod events;
+mod git;
 mod manager;
 pub mod model;
+mod network;
 pub mod store;
 
 pub use error::CoreError;

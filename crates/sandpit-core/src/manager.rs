@@ -283,6 +283,7 @@ impl SandboxManager {
                 id: r.id.clone(),
                 limits: r.limits,
                 slot: r.slot,
+                network: r.network.clone(),
             }
         };
         let old = h.record().launched;
@@ -323,6 +324,9 @@ impl SandboxManager {
             None => generate_id(),
         };
         let limits = self.limits(&req.limits)?;
+        let network =
+            crate::network::policy(self.runtime.as_ref(), req.network.as_deref(), &req.allow)
+                .await?;
         for key in req.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(CoreError::BadRequest(format!(
@@ -351,6 +355,7 @@ impl SandboxManager {
                 slot,
                 launched: None,
                 warnings: vec![],
+                network,
             });
             map.insert(id.clone(), handle.clone());
             handle

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use sandpit_proto::{Entry, EntryKind, ExitStatus};
-pub use sandpit_runtime::{Launched, Limits};
+pub use sandpit_runtime::{Launched, Limits, NetworkPolicy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -52,6 +52,8 @@ pub struct Record {
     pub slot: u32,
     pub launched: Option<Launched>,
     pub warnings: Vec<String>,
+    /// Loopback only, or egress with its allow-list resolved at create time.
+    pub network: NetworkPolicy,
 }
 
 impl Record {
@@ -71,7 +73,12 @@ impl Record {
             last_active_at: rfc3339(self.last_active_at),
             keepalive_seconds: self.keepalive_seconds,
             limits: self.limits,
-            network: "none",
+            network: if self.network.egress {
+                "egress"
+            } else {
+                "none"
+            },
+            allow: self.network.allow.iter().map(|n| n.to_string()).collect(),
             warnings: self.warnings.clone(),
         }
     }
@@ -88,8 +95,13 @@ pub struct Sandbox {
     pub keepalive_seconds: u64,
     #[schema(value_type = LimitsRequest)]
     pub limits: Limits,
+    /// `none` (loopback only) or `egress`.
     #[schema(value_type = String)]
     pub network: &'static str,
+    /// With egress: the only IPv4 networks the sandbox may reach (hostnames resolved at
+    /// create time); absent: anywhere outside the blocked ranges.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -102,6 +114,12 @@ pub struct CreateSandbox {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: LimitsRequest,
+    /// `none` (default: loopback only) or `egress` (outbound through a user-mode network
+    /// stack; the host, private ranges and the metadata address stay unreachable).
+    pub network: Option<String>,
+    /// With egress: IPv4 addresses, CIDRs or hostnames the sandbox may reach, and nothing else.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// Resource limits; a missing or null limit is the server's default (in a request) or unlimited.
@@ -197,6 +215,7 @@ mod tests {
             slot: 0,
             launched: None,
             warnings: vec![],
+            network: NetworkPolicy::default(),
         };
         assert_eq!(r.expires_at(), None);
         r.keepalive_seconds = 5;
@@ -326,4 +345,38 @@ impl From<sandpit_proto::ContextInfo> for Context {
             created_at: rfc3339(c.created_at),
         }
     }
+}
+
+/// Clone a git repository into the sandbox, or update it when `dir` holds one already.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitClone {
+    /// `https://`, `http://`, `git://` or `ssh://` URL. Credentials in it are taken out and
+    /// used like `username`/`token`, never stored in the checkout.
+    pub url: String,
+    /// Branch or tag to check out (clone) or fetch and fast-forward to (pull).
+    pub branch: Option<String>,
+    /// Shallow clone or fetch of this many commits.
+    pub depth: Option<u32>,
+    /// Absolute target directory; default `/workspace/<repository name>`.
+    pub dir: Option<String>,
+    /// Password or access token for HTTP(S); given to git through a credential helper in
+    /// its environment, never in argv, `.git/config`, logs or answers.
+    pub token: Option<String>,
+    /// User name that goes with `token` (default `x-access-token`).
+    pub username: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// The checkout after a clone or pull.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GitCheckout {
+    /// `clone` or `pull`.
+    #[schema(value_type = String)]
+    pub action: &'static str,
+    pub dir: String,
+    /// The commit checked out (full hash).
+    pub commit: String,
+    /// The branch checked out (`HEAD` when detached, e.g. at a tag).
+    pub branch: String,
 }

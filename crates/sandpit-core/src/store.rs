@@ -77,6 +77,7 @@ impl SqliteStore {
         .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         conn.execute_batch(PORT_TOKENS_SCHEMA).map_err(db_err)?;
+        migrate_network(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -112,6 +113,12 @@ impl Store for SqliteStore {
                     launched,
                     serde_json::to_string(&r.warnings).map_err(db_err)?,
                 ],
+            )
+            .map_err(db_err)?;
+        self.conn()
+            .execute(
+                "UPDATE sandboxes SET network = ?2 WHERE id = ?1",
+                params![r.id, serde_json::to_string(&r.network).map_err(db_err)?],
             )
             .map_err(db_err)?;
         Ok(())
@@ -173,7 +180,22 @@ impl Store for SqliteStore {
                     .transpose()
                     .map_err(db_err)?,
                 warnings: serde_json::from_str(&warnings).map_err(db_err)?,
+                network: Default::default(),
             });
+        }
+        let mut stmt = conn
+            .prepare("SELECT id, network FROM sandboxes WHERE network IS NOT NULL")
+            .map_err(db_err)?;
+        let networks = stmt
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(db_err)?;
+        for row in networks {
+            let (id, network) = row.map_err(db_err)?;
+            if let Some(rec) = out.iter_mut().find(|r| r.id == id) {
+                rec.network = serde_json::from_str(&network).map_err(db_err)?;
+            }
         }
         Ok(out)
     }
@@ -229,6 +251,20 @@ impl Store for SqliteStore {
     }
 }
 
+/// Adds the `network` column (a JSON `NetworkPolicy`; NULL is loopback only) to stores made
+/// before it existed.
+fn migrate_network(conn: &Connection) -> Result<(), CoreError> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('sandboxes') WHERE name = 'network'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(db_err)?;
+    if !has {
+        conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN network TEXT")
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,8 +290,13 @@ mod tests {
             launched: Some(sandpit_runtime::Launched {
                 pid: 10,
                 start_time: 20,
+                network: None,
             }),
             warnings: vec!["w".into()],
+            network: crate::model::NetworkPolicy {
+                egress: true,
+                allow: vec!["10.1.0.0/16".parse().unwrap()],
+            },
         };
         {
             let s = SqliteStore::open(&path).unwrap();
@@ -273,6 +314,8 @@ mod tests {
         assert_eq!(all[0].env["K"], "V");
         assert_eq!(all[0].launched.unwrap().pid, 10);
         assert_eq!(all[0].limits.cpus, Some(0.5));
+        assert!(all[0].network.egress);
+        assert_eq!(all[0].network.allow[0].to_string(), "10.1.0.0/16");
     }
 
     #[test]

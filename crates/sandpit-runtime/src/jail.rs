@@ -60,6 +60,9 @@ pub struct JailConfig {
     /// mapped with the setuid helpers newuidmap/newgidmap.
     #[serde(default)]
     pub subordinate: Option<SubordinateIds>,
+    /// Loopback only (default) or egress through slirp4netns (root servers only).
+    #[serde(default)]
+    pub network: crate::NetworkPolicy,
 }
 
 /// A range of subordinate ids granted to the server's user.
@@ -79,6 +82,14 @@ impl JailConfig {
     }
     pub fn log(&self) -> PathBuf {
         self.sandbox_dir.join("agent.log")
+    }
+    /// The resolv.conf bound over `/etc/resolv.conf` of an egress sandbox.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.sandbox_dir.join("resolv.conf")
+    }
+    /// The network namespace is made by host root, owned by the initial user namespace.
+    fn host_owned_net(&self) -> bool {
+        self.privileged && self.network.egress
     }
 }
 
@@ -126,7 +137,22 @@ pub fn main(remove: bool) -> i32 {
 }
 
 fn launch(cfg: &JailConfig) -> Fallible<Launched> {
+    if cfg.network.egress && !cfg.privileged {
+        return Err(format!(
+            "sandbox '{}': egress networking needs a server running as root",
+            cfg.id
+        ));
+    }
     prepare_rootfs(cfg)?;
+    if cfg.network.egress {
+        ctx(
+            fs::write(
+                cfg.resolv_conf(),
+                format!("nameserver {}\n", crate::net::DNS),
+            ),
+            || format!("writing {}", cfg.resolv_conf().display()),
+        )?;
+    }
     let listener = bind_socket(cfg)?;
     let log = ctx(
         fs::OpenOptions::new()
@@ -159,10 +185,29 @@ fn launch(cfg: &JailConfig) -> Fallible<Launched> {
     )
     .map_err(|e| format!("sandbox '{}': {e}", cfg.id))?;
     match (init, ready) {
-        (Some(pid), true) => Ok(Launched {
-            pid,
-            start_time: start_time(pid).ok_or_else(|| format!("sandbox init {pid} vanished"))?,
-        }),
+        (Some(pid), true) => {
+            let start_time =
+                start_time(pid).ok_or_else(|| format!("sandbox init {pid} vanished"))?;
+            let network = if cfg.network.egress {
+                match crate::net::attach(&cfg.network, pid, &cfg.sandbox_dir) {
+                    Ok(helper) => Some(helper),
+                    Err(e) => {
+                        let _ = nix::sys::signal::kill(
+                            Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        return Err(format!("sandbox '{}': {e}", cfg.id));
+                    }
+                }
+            } else {
+                None
+            };
+            Ok(Launched {
+                pid,
+                start_time,
+                network,
+            })
+        }
         _ => Err(format!(
             "sandbox '{}': init exited during set-up (see {})",
             cfg.id,
@@ -333,6 +378,15 @@ fn child(
         // second mount namespace, owned by the sandbox's user namespace, locks them.
         ctx(unshare(CloneFlags::CLONE_NEWNS), || "unshare(mount)".into())?;
         host_mounts(cfg)?;
+        let rest = if cfg.host_owned_net() {
+            // Made here, by host root, the namespace is not the sandbox's to reconfigure.
+            ctx(unshare(CloneFlags::CLONE_NEWNET), || "unshare(net)".into())?;
+            loopback_up()?;
+            crate::net::namespace_sysctls()?;
+            rest - CloneFlags::CLONE_NEWNET
+        } else {
+            rest
+        };
         ctx(
             unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | rest),
             || "unshare(user, mount, pid, net, uts, ipc, cgroup)".into(),
@@ -425,6 +479,10 @@ fn host_mounts(cfg: &JailConfig) -> Fallible<()> {
         }
     }
     bind_ro(&cfg.agent_binary, Path::new(".sandpit/sandpit"))?;
+    let resolv = Path::new("etc/resolv.conf");
+    if cfg.network.egress && fs::symlink_metadata(resolv).is_ok_and(|m| m.is_file()) {
+        bind_ro(&cfg.resolv_conf(), resolv)?;
+    }
     ctx(
         mount(
             Some("tmpfs"),
@@ -559,7 +617,9 @@ fn init(
         || "mounting /dev/shm".into(),
     )?;
     ctx(sethostname(&cfg.id), || "sethostname".into())?;
-    loopback_up()?;
+    if !cfg.host_owned_net() {
+        loopback_up()?;
+    }
     ctx(pivot_root(".", "."), || "pivot_root".into())?;
     ctx(umount2(".", MntFlags::MNT_DETACH), || {
         "detaching the host root".into()

@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod jail;
 mod native;
+pub mod net;
 pub mod seccomp;
 pub mod sockpath;
 
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use native::{NativeRuntime, RuntimeOptions};
+pub use net::NetworkPolicy;
 
 /// Resource limits of one sandbox; `None` leaves a resource unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -33,6 +35,8 @@ pub struct LaunchSpec {
     pub limits: Limits,
     /// Index of the sandbox's uid/gid range (distinct per live sandbox).
     pub slot: u32,
+    /// Loopback only, or egress through a user-mode network stack.
+    pub network: NetworkPolicy,
 }
 
 /// A running sandbox as the runtime knows it: enough to find it again after a restart.
@@ -41,6 +45,16 @@ pub struct Launched {
     /// Host pid of the sandbox's init (the agent).
     pub pid: i32,
     /// Its start time in clock ticks since boot, so a recycled pid is never mistaken for it.
+    pub start_time: u64,
+    /// The sandbox's user-mode network stack (slirp4netns), when it has egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Helper>,
+}
+
+/// A host process that serves one sandbox and lives as long as it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Helper {
+    pub pid: i32,
     pub start_time: u64,
 }
 
@@ -75,4 +89,8 @@ pub trait Runtime: Send + Sync {
     fn agent_socket(&self, id: &str) -> PathBuf;
     /// Warnings that apply to every sandbox (e.g. no cgroup delegation).
     fn warnings(&self) -> Vec<String>;
+    /// Why this runtime cannot give sandboxes egress networking, or `None` when it can.
+    fn egress_unsupported(&self) -> Option<String> {
+        Some("this runtime has no egress networking".into())
+    }
 }

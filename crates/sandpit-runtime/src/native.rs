@@ -100,6 +100,7 @@ impl NativeRuntime {
             privileged: false,
             cgroup_procs: vec![],
             subordinate: Some(sub),
+            network: Default::default(),
         };
         self.run_jail(&cfg, &["jail", "--remove"]).await.map(drop)
     }
@@ -149,12 +150,14 @@ impl NativeRuntime {
     }
 }
 
+fn in_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(tool).exists()))
+}
+
 /// The server user's subordinate uid and gid ranges, if it has both and the helpers exist.
 fn subordinate_ids() -> Option<SubordinateIds> {
-    let helpers = ["newuidmap", "newgidmap"].iter().all(|h| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(h).exists()))
-    });
+    let helpers = ["newuidmap", "newgidmap"].iter().all(|h| in_path(h));
     if !helpers {
         return None;
     }
@@ -235,6 +238,7 @@ impl Runtime for NativeRuntime {
             privileged: self.privileged,
             cgroup_procs: cg.procs_files(),
             subordinate: self.subordinate_for(spec.slot),
+            network: spec.network.clone(),
         };
         let stdout = match self.run_jail(&cfg, &["jail"]).await {
             Ok(out) => out,
@@ -257,10 +261,15 @@ impl Runtime for NativeRuntime {
 
     fn is_alive(&self, launched: &Launched) -> bool {
         start_time(launched.pid) == Some(launched.start_time)
+            && launched.network.as_ref().is_none_or(crate::net::is_alive)
     }
 
     async fn stop(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError> {
         self.kill_init(launched).await;
+        if let Some(helper) = launched.and_then(|l| l.network) {
+            crate::net::kill(&helper);
+        }
+        crate::net::kill_recorded(&self.sandbox_dir(id));
         let cg = self.cgroups.dirs_of(id);
         tokio::task::spawn_blocking(move || cgroup::destroy(&cg))
             .await
@@ -302,6 +311,18 @@ impl Runtime for NativeRuntime {
 
     fn warnings(&self) -> Vec<String> {
         self.cgroups.warning().into_iter().collect()
+    }
+
+    fn egress_unsupported(&self) -> Option<String> {
+        if !self.privileged {
+            return Some(
+                "network \"egress\" needs a server running as root (a rootless server cannot give a sandbox a network namespace it cannot reconfigure)".into(),
+            );
+        }
+        ["slirp4netns", "nsenter", "ip"]
+            .into_iter()
+            .find(|tool| !in_path(tool))
+            .map(|tool| format!("network \"egress\" needs {tool}, which is not installed"))
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod contexts;
 pub mod exec;
 pub mod files;
+pub mod git;
 pub mod ops;
 pub mod ports;
 pub mod processes;

@@ -13,9 +13,11 @@ use crate::{ApiError, AppState};
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", operation_id = "create_sandbox",
     request_body = CreateSandbox,
     responses((status = 201, body = Sandbox),
-        (status = 400, description = "`invalid_id`, `bad_request` (limits, env), `invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_id`, `bad_request` (limits, env, network, allow), `invalid_json`", body = ErrorBody),
         (status = 409, description = "`already_exists`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`", body = ErrorBody), AgentErrors))]
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 501, description = "`not_supported`: `network: \"egress\"` on a server that cannot enforce it (rootless, slirp4netns missing)", body = ErrorBody),
+        AgentErrors))]
 pub async fn create(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<CreateSandbox>,

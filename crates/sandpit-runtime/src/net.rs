@@ -1,0 +1,398 @@
+//! Egress networking of a sandbox: the policy (which IPv4 networks it may reach), the
+//! slirp4netns process that gives its network namespace a `tap0` to the outside, and the
+//! routes that block the host, private ranges and the cloud metadata address.
+//!
+//! The namespace is made by host root before the sandbox's user namespace (see `jail`), so it
+//! belongs to the initial user namespace: root inside the sandbox has no CAP_NET_ADMIN over
+//! it and cannot change its routes, addresses or links. slirp4netns makes every connection
+//! from the host's network namespace, so the routes inside decide what it is asked to reach;
+//! `--disable-host-loopback` keeps the gateway address (10.0.2.2) off the host's loopback.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::Helper;
+
+/// How a sandbox reaches the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicy {
+    /// `false`: loopback only.
+    #[serde(default)]
+    pub egress: bool,
+    /// With egress, the only networks the sandbox may reach; empty: any address outside the
+    /// blocked ranges. Blocked host and metadata addresses stay blocked whatever it says.
+    #[serde(default)]
+    pub allow: Vec<Ipv4Net>,
+}
+
+/// Ranges no egress sandbox reaches unless its allow-list names them (loopback, private,
+/// carrier-grade NAT, link-local, multicast, reserved).
+pub const BLOCKED_RANGES: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// The cloud metadata address: blocked even when an allow-list names its range.
+pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// slirp4netns's network inside the sandbox: the sandbox is 10.0.2.100, the gateway 10.0.2.2
+/// and the DNS forwarder 10.0.2.3.
+pub const SLIRP_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 0, 2, 0), 24) {
+    Ok(n) => n,
+    Err(_) => panic!("10.0.2.0/24 is a network"),
+};
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+const TAP: &str = "tap0";
+
+/// Checks one allow-list entry: it must not take over the sandbox's own slirp network.
+pub fn check_allowed(net: &Ipv4Net) -> Result<(), String> {
+    if SLIRP_NET.contains(net) {
+        return Err(format!(
+            "{net} is inside the sandbox's own network {SLIRP_NET}"
+        ));
+    }
+    Ok(())
+}
+
+type Fallible<T> = Result<T, String>;
+
+/// The host's own IPv4 addresses (every interface of the host's network namespace).
+pub fn host_addresses() -> Fallible<Vec<Ipv4Addr>> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .map_err(|e| format!("running ip addr: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip addr: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(parse_addresses(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_addresses(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The `ip -batch` script that makes the sandbox's routing table: blocked ranges, the allow
+/// list (which may reopen parts of them), then the host's addresses and the metadata address
+/// as host routes, which no allow-list entry can be more specific than.
+pub fn route_script(policy: &NetworkPolicy, host: &[Ipv4Addr]) -> String {
+    let mut s = String::new();
+    for range in BLOCKED_RANGES {
+        s.push_str(&format!("route add prohibit {range}\n"));
+    }
+    if !policy.allow.is_empty() {
+        s.push_str("route replace prohibit default\n");
+    }
+    for net in &policy.allow {
+        s.push_str(&format!("route replace {net} via {GATEWAY} dev {TAP}\n"));
+    }
+    for addr in pinned(host) {
+        s.push_str(&format!("route replace prohibit {addr}/32\n"));
+    }
+    s
+}
+
+/// Addresses blocked as /32 whatever the allow-list says.
+fn pinned(host: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> = host
+        .iter()
+        .copied()
+        .filter(|a| !a.is_loopback())
+        .chain([METADATA])
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Checks that `ip -4 -o route show` output has every route [`route_script`] makes.
+pub fn verify_routes(policy: &NetworkPolicy, host: &[Ipv4Addr], shown: &str) -> Fallible<()> {
+    let mut prohibited = Vec::new();
+    let mut via = Vec::new();
+    for line in shown.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let dst = |s: &str| -> Option<Ipv4Net> {
+            if s == "default" {
+                return "0.0.0.0/0".parse().ok();
+            }
+            s.parse()
+                .ok()
+                .or_else(|| s.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
+        };
+        match w.as_slice() {
+            ["prohibit", d, ..] => prohibited.extend(dst(d)),
+            [d, "via", g, ..] if *g == GATEWAY.to_string() => via.extend(dst(d)),
+            _ => {}
+        }
+    }
+    let want_blocked = BLOCKED_RANGES
+        .iter()
+        .filter_map(|r| r.parse::<Ipv4Net>().ok())
+        .filter(|r| !policy.allow.contains(r))
+        .chain(pinned(host).into_iter().map(Ipv4Net::from))
+        .chain(
+            (!policy.allow.is_empty() && !policy.allow.iter().any(|n| n.prefix_len() == 0))
+                .then(Ipv4Net::default),
+        );
+    for net in want_blocked {
+        if !prohibited.contains(&net) {
+            return Err(format!("route 'prohibit {net}' is missing"));
+        }
+    }
+    for net in &policy.allow {
+        if !via.contains(net) && !pinned(host).iter().any(|a| Ipv4Net::from(*a) == *net) {
+            return Err(format!("route '{net} via {GATEWAY}' is missing"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ip` inside the network namespace of `pid` (as host root), with `stdin` as its input.
+fn ip_in(pid: i32, args: &[&str], stdin: &str) -> Fallible<String> {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg("ip")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nsenter ip: {e}"))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .map_err(|e| format!("writing to ip: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// File in the sandbox dir naming the sandbox's slirp4netns, so clean-up finds it even when
+/// the store lost the handle.
+pub fn helper_file(sandbox_dir: &Path) -> std::path::PathBuf {
+    sandbox_dir.join("slirp4netns.json")
+}
+
+/// Gives the network namespace of `pid` its egress: starts slirp4netns (detached, so it
+/// outlives the jail and the server like the sandbox does), waits until it has configured
+/// `tap0`, writes and verifies the routes. On failure nothing is left running.
+pub fn attach(policy: &NetworkPolicy, pid: i32, sandbox_dir: &Path) -> Fallible<Helper> {
+    let host = host_addresses()?;
+    let helper = spawn_slirp(pid, sandbox_dir)?;
+    let routes = || -> Fallible<()> {
+        ip_in(pid, &["-batch", "-"], &route_script(policy, &host))?;
+        let shown = ip_in(pid, &["-4", "-o", "route", "show"], "")?;
+        verify_routes(policy, &host, &shown)
+    };
+    if let Err(e) = routes() {
+        kill(&helper);
+        return Err(format!("network of the sandbox: {e}"));
+    }
+    let json = serde_json::to_string(&helper).map_err(|e| e.to_string())?;
+    if let Err(e) = fs::write(helper_file(sandbox_dir), json) {
+        kill(&helper);
+        return Err(format!("recording slirp4netns: {e}"));
+    }
+    Ok(helper)
+}
+
+fn spawn_slirp(pid: i32, sandbox_dir: &Path) -> Fallible<Helper> {
+    let log_path = sandbox_dir.join("slirp4netns.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    // The write end is inherited by slirp4netns (no close-on-exec); the read end is not.
+    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    nix::fcntl::fcntl(
+        ready_r.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("fcntl: {e}"))?;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("slirp4netns")
+        .args([
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--enable-sandbox",
+            "--enable-seccomp",
+        ])
+        .arg(format!("--ready-fd={}", ready_w.as_raw_fd()))
+        // By path, not pid: given a pid, slirp4netns would also join the sandbox's user
+        // namespace, which has no rights over this network namespace.
+        .arg("--netns-type=path")
+        .arg(format!("/proc/{pid}/ns/net"))
+        .arg(TAP)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting slirp4netns: {e}"))?;
+    drop(ready_w);
+    let spid = child.id() as i32;
+    // Not waited for: when the jail exits, slirp4netns is re-parented like the sandbox.
+    drop(child);
+    let helper = Helper {
+        pid: spid,
+        start_time: crate::jail::start_time(spid).unwrap_or_default(),
+    };
+    let mut ready = fs::File::from(ready_r);
+    let mut pfd = [nix::poll::PollFd::new(
+        ready.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let polled = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(10_000u16));
+    let mut byte = [0u8; 1];
+    let ok = matches!(polled, Ok(n) if n > 0) && matches!(ready.read(&mut byte), Ok(1));
+    if !ok || byte[0] != b'1' {
+        kill(&helper);
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        return Err(format!(
+            "slirp4netns did not come up: {}",
+            log.lines().last().unwrap_or("no output")
+        ));
+    }
+    Ok(helper)
+}
+
+/// Whether the helper is still the process that was started.
+pub fn is_alive(helper: &Helper) -> bool {
+    crate::jail::start_time(helper.pid) == Some(helper.start_time)
+}
+
+/// Kills the helper if it is still the process that was started.
+pub fn kill(helper: &Helper) {
+    if is_alive(helper) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(helper.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Kills the helper recorded in the sandbox dir, if any, and forgets it.
+pub fn kill_recorded(sandbox_dir: &Path) {
+    let file = helper_file(sandbox_dir);
+    if let Ok(text) = fs::read_to_string(&file) {
+        if let Ok(helper) = serde_json::from_str::<Helper>(&text) {
+            kill(&helper);
+        }
+        let _ = fs::remove_file(file);
+    }
+}
+
+/// Settings of a fresh network namespace made for an egress sandbox, applied by host root
+/// from inside it: `lo` up is done by the caller; root inside may bind low ports and ping,
+/// which would otherwise need capabilities over a namespace it does not own.
+pub fn namespace_sysctls() -> Fallible<()> {
+    for (key, value) in [
+        ("net/ipv4/ip_unprivileged_port_start", "0"),
+        ("net/ipv4/ping_group_range", "0 2147483647"),
+    ] {
+        fs::write(Path::new("/proc/sys").join(key), value)
+            .map_err(|e| format!("setting {key}: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_from_ip_output() {
+        let text = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
+                    4: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\\ x\n";
+        assert_eq!(
+            parse_addresses(text),
+            vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(192, 0, 2, 2)]
+        );
+    }
+
+    #[test]
+    fn script_blocks_host_after_allows() {
+        let policy = NetworkPolicy {
+            egress: true,
+            allow: vec![net("10.213.0.0/30")],
+        };
+        let host = [Ipv4Addr::new(10, 213, 0, 1), Ipv4Addr::LOCALHOST];
+        let s = route_script(&policy, &host);
+        let allow = s.find("route replace 10.213.0.0/30 via 10.0.2.2").unwrap();
+        let pin = s.find("route replace prohibit 10.213.0.1/32").unwrap();
+        assert!(allow < pin, "{s}");
+        assert!(s.contains("route replace prohibit default"));
+        assert!(s.contains("route replace prohibit 169.254.169.254/32"));
+        assert!(!s.contains("127.0.0.1/32"));
+    }
+
+    #[test]
+    fn verification_finds_missing_routes() {
+        let policy = NetworkPolicy {
+            egress: true,
+            allow: vec![net("10.213.0.0/30")],
+        };
+        let host = [Ipv4Addr::new(192, 0, 2, 2)];
+        let mut shown: String = BLOCKED_RANGES
+            .iter()
+            .map(|r| format!("prohibit {r} \n"))
+            .collect();
+        shown.push_str("prohibit default \n10.213.0.0/30 via 10.0.2.2 dev tap0 \n");
+        shown.push_str("prohibit 169.254.169.254 \n");
+        assert!(verify_routes(&policy, &host, &shown).is_err());
+        shown.push_str("prohibit 192.0.2.2 \n");
+        assert_eq!(verify_routes(&policy, &host, &shown), Ok(()));
+        let open = NetworkPolicy {
+            egress: true,
+            allow: vec![],
+        };
+        assert_eq!(verify_routes(&open, &host, &shown), Ok(()));
+    }
+
+    #[test]
+    fn slirp_network_is_not_allowable() {
+        assert!(check_allowed(&net("10.0.2.0/24")).is_err());
+        assert!(check_allowed(&net("10.0.2.3/32")).is_err());
+        assert!(check_allowed(&net("10.0.0.0/8")).is_ok());
+    }
+}
