@@ -5,6 +5,8 @@
 //! (sandboxes outlive the server process) and then stops the server.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::Method;
 use serde_json::{json, Value};
