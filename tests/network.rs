@@ -6,7 +6,7 @@
 mod common;
 
 use common::netns::{host_addresses, HostListener, NetNs, GIT_SERVER, PROBE};
-use common::{assert_contained, Server};
+use common::{assert_contained, RunAs, Server, ServerOpts};
 use reqwest::Method;
 use serde_json::json;
 
@@ -161,6 +161,9 @@ fn egress_reaches_an_allowed_server_and_never_the_host_or_metadata() {
         "ip addr add 10.213.0.99/32 dev lo",
         "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet",
         "ip netns add x",
+        // Raw and packet sockets could hand slirp4netns packets the routes never saw.
+        "python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'",
+        "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 6)'",
     ] {
         let r = server.exec(&id, cmd);
         assert_ne!(
@@ -259,4 +262,52 @@ fn slirp4netns_lives_with_the_sandbox_across_restarts_and_dies_with_it() {
         "slirp4netns {second} outlived its sandbox"
     );
     assert!(!running(pid));
+}
+
+/// The rootless test user (the same one tests/rootless.rs uses), created when missing.
+fn rootless_user() -> RunAs {
+    const USER: &str = "sandpit-rootless";
+    let lookup = || {
+        let out = std::process::Command::new("getent")
+            .args(["passwd", USER])
+            .output()
+            .expect("getent");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let entry = lookup().unwrap_or_else(|| {
+        let _ = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ])
+            .status();
+        lookup().expect("rootless user exists after useradd")
+    });
+    let f: Vec<&str> = entry.split(':').collect();
+    RunAs {
+        user: USER.into(),
+        uid: f[2].parse().expect("uid"),
+        gid: f[3].parse().expect("gid"),
+        home: f[5].into(),
+    }
+}
+
+#[test]
+fn a_rootless_server_refuses_egress_it_could_not_enforce() {
+    let server = Server::start_with(ServerOpts {
+        run_as: Some(rootless_user()),
+        ..ServerOpts::default()
+    });
+    let r = server.request_json(Method::POST, "/v1/sandboxes", &json!({"network": "egress"}));
+    r.expect_error(501, "not_supported");
+    assert!(r.text().contains("root"), "{}", r.text());
+    assert!(server.list_ids().is_empty());
+    // Loopback-only sandboxes still work.
+    let id = server.new_sandbox();
+    assert_eq!(server.sandbox(&id)["network"], "none");
 }
