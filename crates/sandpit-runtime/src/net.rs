@@ -71,35 +71,43 @@ pub fn check_allowed(net: &Ipv4Net) -> Result<(), String> {
 
 type Fallible<T> = Result<T, String>;
 
-/// The host's own IPv4 addresses (every interface of the host's network namespace).
-pub fn host_addresses() -> Fallible<Vec<Ipv4Addr>> {
+/// What the host's network namespace treats as itself: the `local` routes of its `local`
+/// table (every interface address, and whole ranges bound with `ip route add local`).
+pub fn host_addresses() -> Fallible<Vec<Ipv4Net>> {
     let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
+        .args([
+            "-4", "-o", "route", "show", "table", "local", "type", "local",
+        ])
         .output()
-        .map_err(|e| format!("running ip addr: {e}"))?;
+        .map_err(|e| format!("running ip route: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "ip addr: {}",
+            "ip route show table local: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(parse_addresses(&String::from_utf8_lossy(&out.stdout)))
+    Ok(parse_local_routes(&String::from_utf8_lossy(&out.stdout)))
 }
 
-fn parse_addresses(text: &str) -> Vec<Ipv4Addr> {
+fn parse_local_routes(text: &str) -> Vec<Ipv4Net> {
     text.lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
-            words.find(|w| *w == "inet")?;
-            words.next()?.split('/').next()?.parse().ok()
+            if words.next()? != "local" {
+                return None;
+            }
+            let dst = words.next()?;
+            dst.parse::<Ipv4Net>()
+                .ok()
+                .or_else(|| dst.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
         })
         .collect()
 }
 
 /// The `ip -batch` script that makes the sandbox's routing table: blocked ranges, the allow
-/// list (which may reopen parts of them), then the host's addresses and the metadata address
-/// as host routes, which no allow-list entry can be more specific than.
-pub fn route_script(policy: &NetworkPolicy, host: &[Ipv4Addr]) -> String {
+/// list (which may reopen parts of them; entries inside a pinned network are left out), then
+/// the host's own networks and the metadata address, which no allow entry can beat.
+pub fn route_script(policy: &NetworkPolicy, host: &[Ipv4Net]) -> String {
     let mut s = String::new();
     for range in BLOCKED_RANGES {
         s.push_str(&format!("route add prohibit {range}\n"));
@@ -107,30 +115,45 @@ pub fn route_script(policy: &NetworkPolicy, host: &[Ipv4Addr]) -> String {
     if !policy.allow.is_empty() {
         s.push_str("route replace prohibit default\n");
     }
-    for net in &policy.allow {
+    let pins = pinned(host);
+    for net in routed_allows(policy, &pins) {
         s.push_str(&format!("route replace {net} via {GATEWAY} dev {TAP}\n"));
     }
-    for addr in pinned(host) {
-        s.push_str(&format!("route replace prohibit {addr}/32\n"));
+    for net in &pins {
+        s.push_str(&format!("route replace prohibit {net}\n"));
     }
     s
 }
 
-/// Addresses blocked as /32 whatever the allow-list says.
-fn pinned(host: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
-    let mut v: Vec<Ipv4Addr> = host
+/// Networks blocked whatever the allow-list says: the host's own (but loopback, which is the
+/// sandbox's own `lo` inside) and the metadata address.
+fn pinned(host: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    let loopback: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or_default();
+    let mut v: Vec<Ipv4Net> = host
         .iter()
-        .copied()
-        .filter(|a| !a.is_loopback())
-        .chain([METADATA])
+        .map(|n| n.trunc())
+        .filter(|n| !loopback.contains(n))
+        .chain([Ipv4Net::from(METADATA)])
         .collect();
     v.sort();
     v.dedup();
     v
 }
 
+/// Allow entries that get a route: one inside a pinned network would be more specific than
+/// the pin and reopen it.
+fn routed_allows<'a>(
+    policy: &'a NetworkPolicy,
+    pins: &'a [Ipv4Net],
+) -> impl Iterator<Item = &'a Ipv4Net> {
+    policy
+        .allow
+        .iter()
+        .filter(move |a| !pins.iter().any(|p| p.contains(*a)))
+}
+
 /// Checks that `ip -4 -o route show` output has every route [`route_script`] makes.
-pub fn verify_routes(policy: &NetworkPolicy, host: &[Ipv4Addr], shown: &str) -> Fallible<()> {
+pub fn verify_routes(policy: &NetworkPolicy, host: &[Ipv4Net], shown: &str) -> Fallible<()> {
     let mut prohibited = Vec::new();
     let mut via = Vec::new();
     for line in shown.lines() {
@@ -153,7 +176,7 @@ pub fn verify_routes(policy: &NetworkPolicy, host: &[Ipv4Addr], shown: &str) -> 
         .iter()
         .filter_map(|r| r.parse::<Ipv4Net>().ok())
         .filter(|r| !policy.allow.contains(r))
-        .chain(pinned(host).into_iter().map(Ipv4Net::from))
+        .chain(pinned(host))
         .chain(
             (!policy.allow.is_empty() && !policy.allow.iter().any(|n| n.prefix_len() == 0))
                 .then(Ipv4Net::default),
@@ -163,8 +186,8 @@ pub fn verify_routes(policy: &NetworkPolicy, host: &[Ipv4Addr], shown: &str) -> 
             return Err(format!("route 'prohibit {net}' is missing"));
         }
     }
-    for net in &policy.allow {
-        if !via.contains(net) && !pinned(host).iter().any(|a| Ipv4Net::from(*a) == *net) {
+    for net in routed_allows(policy, &pinned(host)) {
+        if !via.contains(net) {
             return Err(format!("route '{net} via {GATEWAY}' is missing"));
         }
     }
@@ -349,12 +372,17 @@ mod tests {
     }
 
     #[test]
-    fn addresses_from_ip_output() {
-        let text = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
-                    4: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\\ x\n";
+    fn host_networks_from_the_local_table() {
+        let text = "local 127.0.0.0/8 dev lo proto kernel scope host src 127.0.0.1 \n\
+                    local 192.0.2.2 dev eth0 proto kernel scope host src 192.0.2.2 \n\
+                    local 198.51.100.0/24 dev lo scope host \n";
         assert_eq!(
-            parse_addresses(text),
-            vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(192, 0, 2, 2)]
+            parse_local_routes(text),
+            vec![
+                net("127.0.0.0/8"),
+                net("192.0.2.2/32"),
+                net("198.51.100.0/24")
+            ]
         );
     }
 
@@ -364,14 +392,23 @@ mod tests {
             egress: true,
             allow: vec![net("10.213.0.0/30")],
         };
-        let host = [Ipv4Addr::new(10, 213, 0, 1), Ipv4Addr::LOCALHOST];
+        let host = [net("10.213.0.1/32"), net("127.0.0.0/8")];
         let s = route_script(&policy, &host);
         let allow = s.find("route replace 10.213.0.0/30 via 10.0.2.2").unwrap();
         let pin = s.find("route replace prohibit 10.213.0.1/32").unwrap();
         assert!(allow < pin, "{s}");
         assert!(s.contains("route replace prohibit default"));
         assert!(s.contains("route replace prohibit 169.254.169.254/32"));
-        assert!(!s.contains("127.0.0.1/32"));
+        assert!(!s.contains("replace prohibit 127."), "{s}");
+        // An allow entry inside a host network is never routed.
+        let inside = NetworkPolicy {
+            egress: true,
+            allow: vec![net("198.51.100.7/32"), net("198.51.0.0/16")],
+        };
+        let s = route_script(&inside, &[net("198.51.100.0/24")]);
+        assert!(!s.contains("198.51.100.7"), "{s}");
+        assert!(s.contains("route replace 198.51.0.0/16 via"), "{s}");
+        assert!(s.contains("route replace prohibit 198.51.100.0/24"), "{s}");
     }
 
     #[test]
@@ -380,7 +417,7 @@ mod tests {
             egress: true,
             allow: vec![net("10.213.0.0/30")],
         };
-        let host = [Ipv4Addr::new(192, 0, 2, 2)];
+        let host = [net("192.0.2.2/32")];
         let mut shown: String = BLOCKED_RANGES
             .iter()
             .map(|r| format!("prohibit {r} \n"))
