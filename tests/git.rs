@@ -140,6 +140,23 @@ fn clone_and_pull_with_a_token_that_does_not_leak() {
     assert_eq!(r.json()["commit"], second);
     let config = server.run_ok(&id, "cat /workspace/other/.git/config");
     assert!(!config.contains(&token), "token in .git/config:\n{config}");
+    // The shallow clone pulls two new commits and fast-forwards.
+    fx.repo.commit("third\n");
+    let fourth = fx.repo.commit("fourth\n");
+    let r = clone(
+        &server,
+        &id,
+        &json!({"url": fx.url(), "dir": "/workspace/other", "depth": 1, "token": token}),
+    );
+    r.expect(200);
+    assert_eq!(
+        (r.json()["action"].as_str(), r.json()["commit"].as_str()),
+        (Some("pull"), Some(fourth.as_str()))
+    );
+    assert_eq!(
+        server.run_ok(&id, "cat /workspace/other/README"),
+        "fourth\n"
+    );
 
     assert!(!server.log().contains(&token), "token in the server's log");
 }
@@ -147,20 +164,8 @@ fn clone_and_pull_with_a_token_that_does_not_leak() {
 #[test]
 fn clone_of_a_branch_without_auth() {
     let fx = GitFixture::new(None, 0);
-    let feature = {
-        common::netns::git(&fx.repo.work, &["checkout", "-q", "-b", "feature"]);
-        let c = fx.repo.commit("feature\n");
-        common::netns::git(
-            &fx.repo.work,
-            &[
-                "push",
-                "-q",
-                fx.repo.bare.to_str().expect("utf-8"),
-                "feature",
-            ],
-        );
-        c
-    };
+    common::netns::git(&fx.repo.work, &["checkout", "-q", "-b", "feature"]);
+    let feature = fx.repo.commit("feature\n");
     let server = Server::start();
     let id = fx.sandbox(&server);
     let r = clone(
@@ -174,6 +179,19 @@ fn clone_of_a_branch_without_auth() {
         (v["branch"].as_str(), v["commit"].as_str()),
         (Some("feature"), Some(feature.as_str()))
     );
+
+    // A pull without a branch follows the branch checked out, not the remote's HEAD (main).
+    fx.repo.commit("feature 2\n");
+    let next = fx.repo.commit("feature 3\n");
+    let r = clone(&server, &id, &json!({"url": fx.url(), "dir": "/tmp/f"}));
+    r.expect(200);
+    let v = r.json();
+    assert_eq!(v["action"], "pull");
+    assert_eq!(
+        (v["branch"].as_str(), v["commit"].as_str()),
+        (Some("feature"), Some(next.as_str()))
+    );
+    assert_eq!(server.run_ok(&id, "cat /tmp/f/README"), "feature 3\n");
 }
 
 #[test]

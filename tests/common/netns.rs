@@ -343,7 +343,7 @@ impl Repo {
         git(&self.work, &["commit", "-q", "-am", "next"]);
         git(
             &self.work,
-            &["push", "-q", self.bare.to_str().expect("utf-8"), "main"],
+            &["push", "-q", self.bare.to_str().expect("utf-8"), "HEAD"],
         );
         self.head()
     }

@@ -162,11 +162,21 @@ impl SandboxManager {
             .map(|d| vec![format!("--depth={d}")])
             .unwrap_or_default();
         let action = if exists {
+            // No --depth: a shallow fetch would move the shallow boundary past HEAD and the
+            // fast-forward would see unrelated histories. Every new commit is fetched.
             let mut fetch: Vec<String> =
                 vec!["git".into(), "-C".into(), dir.clone(), "fetch".into()];
-            fetch.extend(depth);
             fetch.extend(["--".into(), remote.url.clone()]);
-            fetch.extend(req.branch.clone());
+            // No branch: the one checked out (the remote's HEAD when detached).
+            let branch = match req.branch.clone() {
+                Some(b) => Some(b),
+                None => {
+                    let current = ["git", "-C", &dir, "rev-parse", "--abbrev-ref", "HEAD"];
+                    let out = check("pull", run(strings(&current)).await?, &secrets)?;
+                    Some(out.trim().to_string()).filter(|b| b != "HEAD" && !b.is_empty())
+                }
+            };
+            fetch.extend(branch);
             check("pull", run(fetch).await?, &secrets)?;
             let merge = ["git", "-C", &dir, "merge", "--ff-only", "FETCH_HEAD"];
             check("pull", run(strings(&merge)).await?, &secrets)?;

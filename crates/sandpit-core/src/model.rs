@@ -356,7 +356,8 @@ pub struct GitClone {
     pub url: String,
     /// Branch or tag to check out (clone) or fetch and fast-forward to (pull).
     pub branch: Option<String>,
-    /// Shallow clone or fetch of this many commits.
+    /// Shallow clone of this many commits (a pull fetches every new commit, so that it can
+    /// fast-forward).
     pub depth: Option<u32>,
     /// Absolute target directory; default `/workspace/<repository name>`.
     pub dir: Option<String>,
