@@ -148,6 +148,8 @@ fn egress_reaches_an_allowed_server_and_never_the_host_or_metadata() {
         assert!(meta.starts_with("err 13"), "{why}: metadata: {meta}");
     };
     check_blocked("before");
+    let v6 = server.run_ok(&id, "ip -6 -o addr show dev tap0");
+    assert_eq!(v6.trim(), "", "tap0 has IPv6 addresses: {v6}");
 
     // Root inside has CAP_NET_ADMIN in its user namespace, but the network namespace is
     // not its own: every change is refused.

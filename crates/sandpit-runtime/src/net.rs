@@ -351,14 +351,21 @@ pub fn kill_recorded(sandbox_dir: &Path) {
 
 /// Settings of a fresh network namespace made for an egress sandbox, applied by host root
 /// from inside it: `lo` up is done by the caller; root inside may bind low ports and ping,
-/// which would otherwise need capabilities over a namespace it does not own.
+/// which would otherwise need capabilities over a namespace it does not own; interfaces made
+/// later (`tap0`) get no IPv6, as egress is IPv4 only (`lo` keeps `::1`).
 pub fn namespace_sysctls() -> Fallible<()> {
     for (key, value) in [
         ("net/ipv4/ip_unprivileged_port_start", "0"),
         ("net/ipv4/ping_group_range", "0 2147483647"),
+        ("net/ipv6/conf/default/disable_ipv6", "1"),
     ] {
-        fs::write(Path::new("/proc/sys").join(key), value)
-            .map_err(|e| format!("setting {key}: {e}"))?;
+        let path = Path::new("/proc/sys").join(key);
+        match fs::write(&path, value) {
+            Ok(()) => {}
+            // A kernel without IPv6 has nothing to turn off.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && key.starts_with("net/ipv6") => {}
+            Err(e) => return Err(format!("setting {key}: {e}")),
+        }
     }
     Ok(())
 }
