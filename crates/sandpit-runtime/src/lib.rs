@@ -77,7 +77,7 @@ pub trait Runtime: Send + Sync {
     /// Starts the sandbox's agent; also used to bring back a sandbox whose agent is gone.
     /// Returns the handle and warnings about limits that could not be applied.
     async fn start(&self, spec: &LaunchSpec) -> Result<(Launched, Vec<String>), RuntimeError>;
-    /// Whether the handle still names a live sandbox init.
+    /// Whether the handle still names a live sandbox init (and its network helper, if any).
     fn is_alive(&self, launched: &Launched) -> bool;
     /// Kills every process of the sandbox; its files stay.
     async fn stop(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError>;

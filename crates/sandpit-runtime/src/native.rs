@@ -316,7 +316,7 @@ impl Runtime for NativeRuntime {
     fn egress_unsupported(&self) -> Option<String> {
         if !self.privileged {
             return Some(
-                "network \"egress\" needs a server running as root (a rootless server cannot give a sandbox a network namespace it cannot reconfigure)".into(),
+                "network \"egress\" needs a server running as root: a rootless server cannot make a network namespace that root inside the sandbox could not reconfigure".into(),
             );
         }
         ["slirp4netns", "nsenter", "ip"]
