@@ -159,6 +159,16 @@ fn clone_and_pull_with_a_token_that_does_not_leak() {
     );
 
     assert!(!server.log().contains(&token), "token in the server's log");
+    // Nor in the logs beside each sandbox (agent, slirp4netns).
+    for entry in std::fs::read_dir(server.data_dir().join("sandboxes")).expect("sandboxes") {
+        for f in std::fs::read_dir(entry.expect("entry").path()).expect("sandbox dir") {
+            let p = f.expect("file").path();
+            if p.extension().is_some_and(|e| e == "log") {
+                let text = String::from_utf8_lossy(&std::fs::read(&p).expect("log")).into_owned();
+                assert!(!text.contains(&token), "token in {p:?}");
+            }
+        }
+    }
 }
 
 #[test]
