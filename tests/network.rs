@@ -225,6 +225,16 @@ fn slirp4netns_lives_with_the_sandbox_across_restarts_and_dies_with_it() {
     let pid = slirp_pid(&server, &id);
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("slirp4netns comm");
     assert_eq!(comm.trim(), "slirp4netns");
+    // Starting it left the host's mounts alone: the test's `ip netns` bind still works.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "true"])
+        .output()
+        .expect("ip netns exec");
+    assert!(
+        out.status.success(),
+        "the test's network namespace was unmounted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The server dies; the sandbox and its network stay and are re-attached.
     server.kill9();

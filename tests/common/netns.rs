@@ -40,10 +40,6 @@ fn sh_ok(args: &[&str]) {
 impl NetNs {
     pub fn new() -> NetNs {
         static N: AtomicU32 = AtomicU32::new(0);
-        // Concurrent first uses of `ip netns add` race while making /run/netns a shared
-        // mount (a namespace can end up hidden under another's mount): one at a time.
-        static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = CREATE.lock().unwrap_or_else(|p| p.into_inner());
         let pid = std::process::id();
         let used =
             String::from_utf8_lossy(&sh(&["ip", "-4", "-o", "addr", "show"]).stdout).into_owned();
@@ -132,11 +128,21 @@ impl NetNs {
                 .iter()
                 .map(|p| std::fs::read_to_string(p).unwrap_or_default())
                 .collect();
-            assert!(
-                Instant::now() < deadline,
-                "nothing listens on {port} in {}: {logs:?}",
-                self.name
-            );
+            if Instant::now() >= deadline {
+                let ps = sh(&["ps", "-eo", "pid,ppid,stat,wchan:20,args"]);
+                let ss = sh(&["ip", "netns", "exec", &self.name, "ss", "-ltnp"]);
+                panic!(
+                    "nothing listens on {port} in {}: logs {logs:?}\nss: {} {}\nps:\n{}",
+                    self.name,
+                    String::from_utf8_lossy(&ss.stdout),
+                    String::from_utf8_lossy(&ss.stderr),
+                    String::from_utf8_lossy(&ps.stdout)
+                        .lines()
+                        .filter(|l| l.contains("python3") || l.contains("netns"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -319,7 +319,7 @@ impl Runtime for NativeRuntime {
                 "network \"egress\" needs a server running as root: a rootless server cannot make a network namespace that root inside the sandbox could not reconfigure".into(),
             );
         }
-        ["slirp4netns", "nsenter", "ip"]
+        ["slirp4netns", "unshare", "nsenter", "ip"]
             .into_iter()
             .find(|tool| !in_path(tool))
             .map(|tool| format!("network \"egress\" needs {tool}, which is not installed"))

@@ -268,7 +268,12 @@ fn spawn_slirp(pid: i32, sandbox_dir: &Path) -> Fallible<Helper> {
     )
     .map_err(|e| format!("fcntl: {e}"))?;
     use std::os::unix::process::CommandExt;
-    let child = Command::new("slirp4netns")
+    // In a private mount namespace of its own: --enable-sandbox pivots and unmounts, and
+    // in the host's mount namespace those unmounts would propagate to shared host mounts
+    // (e.g. every `ip netns` bind under /run/netns). `unshare` execs slirp4netns in place,
+    // so the pid is slirp4netns's.
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "slirp4netns"])
         .args([
             "--configure",
             "--mtu=65520",
