@@ -19,9 +19,7 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::routes::files::EntryView;
-use crate::routes::{
-    contexts, exec, files, git, ops, ports, processes, pty, sandboxes, sessions,
-};
+use crate::routes::{contexts, exec, files, git, ops, ports, processes, pty, sandboxes, sessions};
 
 /// Paths anyone may call: outside the bearer-token layer in [`crate::router`].
 const PUBLIC_PATHS: &[&str] = &["/health", "/openapi.json"];
