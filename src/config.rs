@@ -48,6 +48,9 @@ struct FileConfig {
     webhooks: Vec<WebhookFile>,
     #[serde(default)]
     defaults: Defaults,
+    /// Where snapshots go.
+    #[serde(default)]
+    storage: sandpit_core::snapshot::StorageConfig,
 }
 
 /// One `[[webhooks]]` entry.
@@ -105,6 +108,7 @@ struct Defaults {
     memory_mb: Option<u64>,
     cpus: Option<f64>,
     pids: Option<u64>,
+    sleep_after_seconds: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -122,6 +126,8 @@ pub struct Config {
     pub ports_domain: Option<String>,
     webhooks: Vec<sandpit_core::events::Webhook>,
     defaults: Defaults,
+    /// Snapshot storage (`[storage]`); default: `<data dir>/snapshots`.
+    pub storage: sandpit_core::snapshot::StorageConfig,
 }
 
 impl Config {
@@ -172,6 +178,7 @@ impl Config {
             ports_domain,
             webhooks,
             defaults: file.defaults,
+            storage: file.storage,
         })
     }
 
@@ -193,6 +200,9 @@ impl Config {
             max_output_bytes: d.max_output_bytes.unwrap_or(base.max_output_bytes),
             reap_interval: Duration::from_secs(1),
             webhooks: self.webhooks.clone(),
+            default_sleep_after_seconds: d
+                .sleep_after_seconds
+                .unwrap_or(base.default_sleep_after_seconds),
         }
     }
 }
@@ -238,6 +248,28 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("--root-dialect 'nope'"), "{err}");
+    }
+
+    #[test]
+    fn storage_and_sleep_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "[defaults]\nsleep_after_seconds = 30\n[storage]\nurl = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n",
+        )
+        .unwrap();
+        let cfg = Config::load(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.storage.url.as_deref(), Some("s3://b/p"));
+        assert!(cfg.storage.allow_http);
+        assert_eq!(
+            cfg.core(PathBuf::from("/x")).default_sleep_after_seconds,
+            30
+        );
     }
 
     #[test]

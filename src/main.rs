@@ -93,6 +93,10 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         let store = Arc::new(sandpit_core::store::SqliteStore::open(&data_dir.join("sandpit.db"))?);
         let core = cfg.core(data_dir.clone());
         let manager = sandpit_core::SandboxManager::new(runtime, store, core);
+        let storage = sandpit_core::snapshot::ObjectStorage::open(&cfg.storage, &data_dir)
+            .context("snapshot storage")?;
+        tracing::info!(storage = %storage.description, "snapshots");
+        manager.set_storage(storage)?;
         manager.recover().await?;
         let reaper = manager.spawn_reaper();
         let app = sandpit_api::router(sandpit_api::AppState {

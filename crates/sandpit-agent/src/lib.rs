@@ -3,6 +3,7 @@
 //! init from within), and serves the server over the Unix socket the jail handed it:
 //! exec and files today; sessions, processes and terminals build on the same loop.
 
+mod archive;
 mod exec;
 mod files;
 mod interp;
@@ -260,6 +261,10 @@ async fn serve(stream: UnixStream, state: State) -> Result<(), ProtoError> {
             Request::Connect { port } => {
                 // The connection is the tunnel's from now on.
                 return tunnel::run(port, &mut rd, &mut wr).await;
+            }
+            Request::Archive { root, excludes } => archive::send(&root, &excludes, &mut wr).await?,
+            Request::Extract { dir, clean } => {
+                archive::receive(&dir, clean, &mut rd, &mut wr).await?
             }
             Request::ReadFile { path } => files::read(&path, &mut wr).await?,
             Request::WriteFile { path, mode } => {

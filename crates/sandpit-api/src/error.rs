@@ -30,7 +30,8 @@ impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         let code = e.code();
         let status = match code {
-            "not_found" => StatusCode::NOT_FOUND,
+            "not_found" | "snapshot_not_found" => StatusCode::NOT_FOUND,
+            "storage_error" => StatusCode::BAD_GATEWAY,
             "already_exists" | "not_empty" | "not_running" => StatusCode::CONFLICT,
             "timeout" => StatusCode::REQUEST_TIMEOUT,
 

@@ -158,6 +158,20 @@ pub fn router(state: AppState) -> Router {
             post(routes::ports::create_token).delete(routes::ports::revoke_token),
         )
         .route("/v1/sandboxes/{id}/git/clone", post(routes::git::clone))
+        .route(
+            "/v1/sandboxes/{id}/snapshots",
+            post(routes::snapshots::create).get(routes::snapshots::list),
+        )
+        .route(
+            "/v1/snapshots/{sid}",
+            get(routes::snapshots::get).delete(routes::snapshots::delete),
+        )
+        .route(
+            "/v1/sandboxes/{id}/restore",
+            post(routes::snapshots::restore),
+        )
+        .route("/v1/sandboxes/{id}/sleep", post(routes::snapshots::sleep))
+        .route("/v1/sandboxes/{id}/wake", post(routes::snapshots::wake))
         .route("/metrics", get(routes::ops::metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files)

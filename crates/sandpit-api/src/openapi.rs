@@ -19,7 +19,9 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::routes::files::EntryView;
-use crate::routes::{contexts, exec, files, git, ops, ports, processes, pty, sandboxes, sessions};
+use crate::routes::{
+    contexts, exec, files, git, ops, ports, processes, pty, sandboxes, sessions, snapshots,
+};
 
 /// Paths anyone may call: outside the bearer-token layer in [`crate::router`].
 const PUBLIC_PATHS: &[&str] = &["/health", "/openapi.json"];
@@ -50,6 +52,8 @@ const BEARER: &str = "bearer_auth";
         ops::health, ops::metrics, serve,
         ports::proxy_path, ports::proxy_index, ports::proxy_root, ports::create_token,
         ports::revoke_token, ports::list_tokens,
+        snapshots::create, snapshots::list, snapshots::get, snapshots::delete,
+        snapshots::restore, snapshots::sleep, snapshots::wake,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Auth, &Reasons, &PerMethodIds),
@@ -65,6 +69,7 @@ const BEARER: &str = "bearer_auth";
         (name = "git", description = "Clone and pull repositories inside a sandbox"),
         (name = "ops", description = "Health, metrics and this document"),
         (name = "ports", description = "HTTP and WebSocket to ports inside a sandbox, and public port tokens"),
+        (name = "snapshots", description = "Archives of a sandbox's files in object storage, and restoring them"),
     )
 )]
 struct ApiDoc;

@@ -491,6 +491,128 @@ impl AgentClient {
     }
 }
 
+/// An archive streaming out of a sandbox (see `Request::Archive`).
+pub struct ArchiveReader {
+    id: String,
+    /// `None` once the archive was read to its end (the connection went back to the pool).
+    conn: Option<UnixStream>,
+    pool: Pool,
+}
+
+impl ArchiveReader {
+    /// The next chunk; `None` only once the agent said the archive is complete.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, CoreError> {
+        let id = self.id.clone();
+        let lost = |e: &dyn std::fmt::Display| {
+            CoreError::unavailable(&id, format!("archive interrupted: {e}"))
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            match read_frame(conn).await.map_err(|e| lost(&e))? {
+                Frame::Data(Channel::Stdout, d) => return Ok(Some(Bytes::from(d))),
+                Frame::End(Channel::Stdout) => {}
+                Frame::Json(body) => {
+                    return match sandpit_proto::decode::<Reply>(&body).map_err(|e| lost(&e))? {
+                        Reply::Ok => {
+                            if let Some(conn) = self.conn.take() {
+                                give_back(&self.pool, conn);
+                            }
+                            Ok(None)
+                        }
+                        Reply::Error(e) => Err(CoreError::Agent(e)),
+                        other => Err(unexpected(&self.id, Ok(other))),
+                    }
+                }
+                other => return Err(lost(&format!("unexpected frame {other:?}"))),
+            }
+        }
+    }
+}
+
+impl AgentClient {
+    /// Starts archiving `root` inside the sandbox; read the archive from the reader.
+    pub async fn archive(
+        &self,
+        root: &str,
+        excludes: &[String],
+    ) -> Result<ArchiveReader, CoreError> {
+        let req = Request::Archive {
+            root: root.to_string(),
+            excludes: excludes.to_vec(),
+        };
+        let mut conn = self.send(&req).await?;
+        let reply = match read_json::<_, Reply>(&mut conn).await {
+            Ok(r) => r,
+            Err(_) => {
+                conn = self.connect().await?;
+                write_json(&mut conn, &req)
+                    .await
+                    .map_err(|e| self.broken(e))?;
+                read_json(&mut conn).await.map_err(|e| self.broken(e))?
+            }
+        };
+        match reply {
+            Reply::Ok => Ok(ArchiveReader {
+                id: self.id.clone(),
+                conn: Some(conn),
+                pool: self.idle.clone(),
+            }),
+            Reply::Error(e) => {
+                self.give_back(conn);
+                Err(CoreError::Agent(e))
+            }
+            other => Err(unexpected(&self.id, Ok(other))),
+        }
+    }
+
+    /// Unpacks an archive from a stream of bytes into `dir` inside the sandbox.
+    pub async fn extract<S>(&self, dir: &str, clean: bool, mut body: S) -> Result<(), CoreError>
+    where
+        S: Stream<Item = Result<Bytes, CoreError>> + Unpin,
+    {
+        let req = Request::Extract {
+            dir: dir.to_string(),
+            clean,
+        };
+        let mut conn = self.connect().await?;
+        write_json(&mut conn, &req)
+            .await
+            .map_err(|e| self.broken(e))?;
+        // Storage streams come in small pieces (8 KiB from a local file): send full chunks.
+        let mut pending = Vec::with_capacity(sandpit_proto::CHUNK);
+        while let Some(chunk) = body.next().await {
+            // A failed read abandons the connection: the agent stops at the cut.
+            let chunk = chunk?;
+            pending.extend_from_slice(&chunk);
+            if pending.len() >= sandpit_proto::CHUNK {
+                for part in pending.chunks(sandpit_proto::CHUNK) {
+                    write_data(&mut conn, Channel::Input, part)
+                        .await
+                        .map_err(|e| self.broken(e))?;
+                }
+                pending.clear();
+            }
+        }
+        if !pending.is_empty() {
+            write_data(&mut conn, Channel::Input, &pending)
+                .await
+                .map_err(|e| self.broken(e))?;
+        }
+        write_end(&mut conn, Channel::Input)
+            .await
+            .map_err(|e| self.broken(e))?;
+        let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
+        self.give_back(conn);
+        match reply {
+            Reply::Ok => Ok(()),
+            Reply::Error(e) => Err(CoreError::Agent(e)),
+            other => Err(unexpected(&self.id, Ok(other))),
+        }
+    }
+}
+
 impl AgentClient {
     /// Opens a tunnel to `port` on the sandbox's loopback: on success the returned
     /// connection carries that TCP connection's bytes both ways (it never goes back to the

@@ -31,6 +31,11 @@ pub enum CoreError {
     /// does not fast-forward. The message carries git's (redacted) stderr.
     #[error("{0}")]
     GitFailed(String),
+    #[error("snapshot {0} does not exist")]
+    SnapshotNotFound(String),
+    /// The snapshot storage failed (unreachable, refused, corrupt object).
+    #[error("snapshot storage: {0}")]
+    Storage(String),
 }
 
 impl CoreError {
@@ -62,6 +67,8 @@ impl CoreError {
             Self::Internal(_) => "internal",
             Self::NotSupported(_) => "not_supported",
             Self::GitFailed(_) => "git_failed",
+            Self::SnapshotNotFound(_) => "snapshot_not_found",
+            Self::Storage(_) => "storage_error",
         }
     }
 

@@ -10,6 +10,7 @@ mod git;
 mod manager;
 pub mod model;
 mod network;
+pub mod snapshot;
 pub mod store;
 
 pub use error::CoreError;

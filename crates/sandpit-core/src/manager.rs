@@ -19,8 +19,11 @@ use crate::model::{
     now_ms, Context, CreateContext, CreateSandbox, CreateSession, Entry, ExecEvent, ExecRequest,
     ExecResult, Process, Record, RunCode, Sandbox, Session, StartProcess, Status, UpdateSandbox,
 };
+use crate::snapshot::ObjectStorage;
 use crate::store::{PortToken, Store};
 use crate::CoreError;
+
+mod snapshots;
 
 /// Settings of the core, read once by the binary from flags, env and the config file.
 #[derive(Debug, Clone)]
@@ -35,6 +38,8 @@ pub struct CoreConfig {
     pub reap_interval: Duration,
     /// Where lifecycle events are POSTed.
     pub webhooks: Vec<crate::events::Webhook>,
+    /// Idle time after which a sandbox that does not say otherwise sleeps; 0 means never.
+    pub default_sleep_after_seconds: u64,
 }
 
 impl Default for CoreConfig {
@@ -51,6 +56,7 @@ impl Default for CoreConfig {
             max_output_bytes: 10 * 1024 * 1024,
             reap_interval: Duration::from_secs(1),
             webhooks: Vec::new(),
+            default_sleep_after_seconds: 0,
         }
     }
 }
@@ -65,6 +71,8 @@ struct Handle {
     dirty: std::sync::atomic::AtomicBool,
     /// Commands running now; a sandbox with any never expires under them.
     busy: Arc<std::sync::atomic::AtomicUsize>,
+    /// Failed snapshots before expiry; after a few the sandbox expires without one.
+    expiry_snapshot_failures: std::sync::atomic::AtomicU32,
 }
 
 /// Counts a running command for as long as it lives.
@@ -96,6 +104,8 @@ pub struct SandboxManager {
     sandboxes: RwLock<HashMap<String, Arc<Handle>>>,
     shell: &'static str,
     events: Events,
+    /// Where snapshots go; the local default under the data dir unless set.
+    storage: std::sync::OnceLock<Arc<ObjectStorage>>,
 }
 
 /// The session that commands naming no other run in, created on first use.
@@ -194,6 +204,7 @@ impl SandboxManager {
             cfg,
             sandboxes: RwLock::new(HashMap::new()),
             shell,
+            storage: std::sync::OnceLock::new(),
         })
     }
 
@@ -224,6 +235,7 @@ impl SandboxManager {
             life: tokio::sync::Mutex::new(()),
             dirty: false.into(),
             busy: Arc::default(),
+            expiry_snapshot_failures: 0.into(),
         })
     }
 
@@ -243,10 +255,16 @@ impl SandboxManager {
                 }
             }
         }
+        self.sweep_snapshots().await;
         for rec in records {
+            let sleeping = rec.status == Status::Sleeping;
             let handle = self.new_handle(rec);
             let id = handle.record().id.clone();
             self.map_mut().insert(id.clone(), handle.clone());
+            if sleeping {
+                // It stays asleep until a call wakes it.
+                continue;
+            }
             let this = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = this.ensure_running(&handle).await {
@@ -276,15 +294,19 @@ impl SandboxManager {
 
     /// Starts (or restarts) the sandbox's agent. Caller holds `life`.
     async fn start(&self, h: &Handle) -> Result<(), CoreError> {
-        let spec = {
+        let (spec, waking) = {
             let mut r = h.record();
+            let waking = r.status == Status::Sleeping;
             r.status = Status::Starting;
-            LaunchSpec {
-                id: r.id.clone(),
-                limits: r.limits,
-                slot: r.slot,
-                network: r.network.clone(),
-            }
+            (
+                LaunchSpec {
+                    id: r.id.clone(),
+                    limits: r.limits,
+                    slot: r.slot,
+                    network: r.network.clone(),
+                },
+                waking,
+            )
         };
         let old = h.record().launched;
         if old.is_some() {
@@ -302,7 +324,11 @@ impl SandboxManager {
                     r.clone()
                 };
                 self.store.put(&rec)?;
-                h.agent.ping().await
+                h.agent.ping().await?;
+                if waking {
+                    self.on_woken(&spec.id);
+                }
+                Ok(())
             }
             Err(e) => {
                 let rec = {
@@ -317,7 +343,11 @@ impl SandboxManager {
         }
     }
 
-    pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox, CoreError> {
+    pub async fn create(&self, mut req: CreateSandbox) -> Result<Sandbox, CoreError> {
+        let restore = match req.restore.take() {
+            Some(source) => Some(self.prepare_restore(&mut req, source.into_request())?),
+            None => None,
+        };
         let id = match req.id {
             Some(id) if valid_id(&id) => id,
             Some(id) => return Err(CoreError::InvalidId(id)),
@@ -356,6 +386,10 @@ impl SandboxManager {
                 launched: None,
                 warnings: vec![],
                 network,
+                sleep_after_seconds: req
+                    .sleep_after_seconds
+                    .unwrap_or(self.cfg.default_sleep_after_seconds),
+                snapshot_on_expiry: req.snapshot_on_expiry.unwrap_or(false),
             });
             map.insert(id.clone(), handle.clone());
             handle
@@ -377,6 +411,13 @@ impl SandboxManager {
             let _ = self.runtime.destroy(&id, launched).await;
             let _ = self.store.delete(&id);
             return Err(e);
+        }
+        if let Some(snapshot) = restore {
+            if let Err(e) = self.restore_into(&id, &snapshot).await {
+                tracing::warn!(sandbox = %id, error = %e, "restore at create failed");
+                let _ = self.delete(&id).await;
+                return Err(e);
+            }
         }
         metrics::counter!("sandpit_sandboxes_created_total").increment(1);
         tracing::info!(sandbox = %id, "created");
@@ -461,6 +502,12 @@ impl SandboxManager {
             if let Some(k) = req.keepalive_seconds {
                 r.keepalive_seconds = k;
             }
+            if let Some(s) = req.sleep_after_seconds {
+                r.sleep_after_seconds = s;
+            }
+            if let Some(s) = req.snapshot_on_expiry {
+                r.snapshot_on_expiry = s;
+            }
             r.last_active_at = now_ms();
             r.clone()
         };
@@ -507,16 +554,25 @@ impl SandboxManager {
         let now = now_ms();
         let handles: Vec<Arc<Handle>> = self.map().values().cloned().collect();
         for h in handles {
-            let (id, expired, rec) = {
+            let (id, expired, sleepy, rec) = {
                 let r = h.record();
                 let idle = h.busy.load(std::sync::atomic::Ordering::SeqCst) == 0;
+                let sleep_at = r
+                    .last_active_at
+                    .saturating_add((r.sleep_after_seconds as i64).saturating_mul(1000));
                 (
                     r.id.clone(),
                     idle && r.expires_at().is_some_and(|t| t <= now),
+                    idle && r.status == Status::Running
+                        && r.sleep_after_seconds > 0
+                        && sleep_at <= now,
                     r.clone(),
                 )
             };
             if expired && h.life.try_lock().is_ok() {
+                if rec.snapshot_on_expiry && !self.snapshot_before_expiry(&h).await {
+                    continue;
+                }
                 tracing::info!(sandbox = %id, "keepalive expired");
                 metrics::counter!("sandpit_sandboxes_expired_total").increment(1);
                 self.emit(
@@ -527,6 +583,10 @@ impl SandboxManager {
                 );
                 if let Err(e) = self.delete(&id).await {
                     tracing::warn!(sandbox = %id, error = %e, "expiry failed");
+                }
+            } else if sleepy && h.life.try_lock().is_ok() {
+                if let Err(e) = self.sleep_handle(&h, Some(rec.last_active_at)).await {
+                    tracing::warn!(sandbox = %id, error = %e, "could not put sandbox to sleep");
                 }
             } else if h.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
                 if let Err(e) = self.store.put(&rec) {

@@ -54,6 +54,10 @@ pub struct Record {
     pub warnings: Vec<String>,
     /// Loopback only, or egress with its allow-list resolved at create time.
     pub network: NetworkPolicy,
+    /// Idle time after which the sandbox goes to sleep; 0 means never.
+    pub sleep_after_seconds: u64,
+    /// Snapshot the sandbox (its whole writable root) before it expires.
+    pub snapshot_on_expiry: bool,
 }
 
 impl Record {
@@ -80,6 +84,8 @@ impl Record {
             },
             allow: self.network.allow.iter().map(|n| n.to_string()).collect(),
             warnings: self.warnings.clone(),
+            sleep_after_seconds: self.sleep_after_seconds,
+            snapshot_on_expiry: self.snapshot_on_expiry,
         }
     }
 }
@@ -103,6 +109,8 @@ pub struct Sandbox {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
     pub warnings: Vec<String>,
+    pub sleep_after_seconds: u64,
+    pub snapshot_on_expiry: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -120,6 +128,14 @@ pub struct CreateSandbox {
     /// With egress: IPv4 addresses, CIDRs or hostnames the sandbox may reach, and nothing else.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Go to sleep after this much idle time (0: never; default from the server's config).
+    pub sleep_after_seconds: Option<u64>,
+    /// Snapshot the sandbox before it expires (default false).
+    pub snapshot_on_expiry: Option<bool>,
+    /// Start with the files of a snapshot: `"latest"` (of this id), a snapshot id, or
+    /// `{"snapshot", "from_sandbox"}`.
+    #[schema(value_type = Option<Object>)]
+    pub restore: Option<crate::snapshot::RestoreSource>,
 }
 
 /// Resource limits; a missing or null limit is the server's default (in a request) or unlimited.
@@ -136,6 +152,8 @@ pub struct LimitsRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateSandbox {
     pub keepalive_seconds: Option<u64>,
+    pub sleep_after_seconds: Option<u64>,
+    pub snapshot_on_expiry: Option<bool>,
 }
 
 /// A command to run, as clients send it.
@@ -216,6 +234,8 @@ mod tests {
             launched: None,
             warnings: vec![],
             network: NetworkPolicy::default(),
+            sleep_after_seconds: 0,
+            snapshot_on_expiry: false,
         };
         assert_eq!(r.expires_at(), None);
         r.keepalive_seconds = 5;

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection};
 
 use crate::model::{Record, Status};
+use crate::snapshot::SnapshotRecord;
 use crate::CoreError;
 
 pub trait Store: Send + Sync {
@@ -20,6 +21,12 @@ pub trait Store: Send + Sync {
     fn delete_port_token(&self, sandbox_id: &str, port: u16) -> Result<bool, CoreError>;
     fn delete_port_tokens(&self, sandbox_id: &str) -> Result<(), CoreError>;
     fn port_tokens(&self, sandbox_id: &str) -> Result<Vec<PortToken>, CoreError>;
+    /// Records a snapshot whose object is complete.
+    fn put_snapshot(&self, snap: &SnapshotRecord) -> Result<(), CoreError>;
+    fn delete_snapshot(&self, id: &str) -> Result<(), CoreError>;
+    fn snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>, CoreError>;
+    /// Snapshots of one sandbox (or all), newest first.
+    fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<SnapshotRecord>, CoreError>;
 }
 
 /// A public token of one port of one sandbox; only its SHA-256 is kept.
@@ -57,6 +64,40 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 PRAGMA user_version = 1;
 ";
 
+/// Snapshots (they outlive their sandbox) and the sleep settings of sandboxes, in tables of
+/// their own so the sandboxes table stays as it is.
+const SNAPSHOT_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    name TEXT,
+    path TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    object_key TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_sandbox ON snapshots (sandbox_id, created_at);
+CREATE TABLE IF NOT EXISTS sandbox_sleep (
+    id TEXT PRIMARY KEY,
+    sleep_after_seconds INTEGER NOT NULL,
+    snapshot_on_expiry INTEGER NOT NULL
+);
+";
+
+const SNAPSHOT_COLUMNS: &str = "id, sandbox_id, name, path, size_bytes, created_at, object_key";
+
+fn snapshot_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
+    Ok(SnapshotRecord {
+        id: row.get(0)?,
+        sandbox_id: row.get(1)?,
+        name: row.get(2)?,
+        path: row.get(3)?,
+        size_bytes: row.get::<_, i64>(4)?.max(0) as u64,
+        created_at: row.get(5)?,
+        object_key: row.get(6)?,
+    })
+}
+
 /// Public port tokens, deleted with their sandbox.
 const PORT_TOKENS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS port_tokens (
@@ -78,6 +119,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         conn.execute_batch(PORT_TOKENS_SCHEMA).map_err(db_err)?;
         migrate_network(&conn)?;
+        conn.execute_batch(SNAPSHOT_SCHEMA).map_err(db_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -121,6 +163,13 @@ impl Store for SqliteStore {
                 params![r.id, serde_json::to_string(&r.network).map_err(db_err)?],
             )
             .map_err(db_err)?;
+        self.conn()
+            .execute(
+                "INSERT INTO sandbox_sleep (id, sleep_after_seconds, snapshot_on_expiry) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET sleep_after_seconds=?2, snapshot_on_expiry=?3",
+                params![r.id, r.sleep_after_seconds as i64, r.snapshot_on_expiry],
+            )
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -128,11 +177,21 @@ impl Store for SqliteStore {
         self.conn()
             .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])
             .map_err(db_err)?;
+        self.conn()
+            .execute("DELETE FROM sandbox_sleep WHERE id = ?1", params![id])
+            .map_err(db_err)?;
         Ok(())
     }
 
     fn all(&self) -> Result<Vec<Record>, CoreError> {
         let conn = self.conn();
+        let sleep: std::collections::HashMap<String, (i64, bool)> = conn
+            .prepare("SELECT id, sleep_after_seconds, snapshot_on_expiry FROM sandbox_sleep")
+            .and_then(|mut st| {
+                st.query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?))))?
+                    .collect()
+            })
+            .map_err(db_err)?;
         let mut stmt = conn
             .prepare("SELECT id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings FROM sandboxes")
             .map_err(db_err)?;
@@ -166,7 +225,10 @@ impl Store for SqliteStore {
                 launched,
                 warnings,
             ) = row.map_err(db_err)?;
+            let (sleep_after, snapshot_on_expiry) = sleep.get(&id).copied().unwrap_or((0, false));
             out.push(Record {
+                sleep_after_seconds: sleep_after.max(0) as u64,
+                snapshot_on_expiry,
                 id,
                 status: Status::parse(&status),
                 created_at,
@@ -198,6 +260,57 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    fn put_snapshot(&self, snap: &SnapshotRecord) -> Result<(), CoreError> {
+        self.conn()
+            .execute(
+                &format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    snap.id,
+                    snap.sandbox_id,
+                    snap.name,
+                    snap.path,
+                    snap.size_bytes as i64,
+                    snap.created_at,
+                    snap.object_key
+                ],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, id: &str) -> Result<(), CoreError> {
+        self.conn()
+            .execute("DELETE FROM snapshots WHERE id = ?1", params![id])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>, CoreError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?1"
+            ))
+            .map_err(db_err)?;
+        let mut rows = st.query_map(params![id], snapshot_row).map_err(db_err)?;
+        rows.next().transpose().map_err(db_err)
+    }
+
+    fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<SnapshotRecord>, CoreError> {
+        let conn = self.conn();
+        // rowid breaks ties between snapshots made within the same millisecond.
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE ?1 IS NULL OR sandbox_id = ?1
+                 ORDER BY created_at DESC, rowid DESC"
+            ))
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![sandbox_id], snapshot_row)
+            .map_err(db_err)?;
+        rows.collect::<Result<_, _>>().map_err(db_err)
     }
 
     fn put_port_token(&self, t: &PortToken) -> Result<(), CoreError> {
@@ -297,6 +410,8 @@ mod tests {
                 egress: true,
                 allow: vec!["10.1.0.0/16".parse().unwrap()],
             },
+            sleep_after_seconds: 30,
+            snapshot_on_expiry: true,
         };
         {
             let s = SqliteStore::open(&path).unwrap();
@@ -316,6 +431,37 @@ mod tests {
         assert_eq!(all[0].limits.cpus, Some(0.5));
         assert!(all[0].network.egress);
         assert_eq!(all[0].network.allow[0].to_string(), "10.1.0.0/16");
+        assert_eq!(all[0].sleep_after_seconds, 30);
+        assert!(all[0].snapshot_on_expiry);
+    }
+
+    #[test]
+    fn snapshots_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let snap = |id: &str, sb: &str, at: i64| SnapshotRecord {
+            id: id.into(),
+            sandbox_id: sb.into(),
+            name: None,
+            path: "/".into(),
+            size_bytes: 5,
+            created_at: at,
+            object_key: format!("{sb}/{id}.tar.zst"),
+        };
+        s.put_snapshot(&snap("s1", "a", 1)).unwrap();
+        s.put_snapshot(&snap("s2", "a", 1)).unwrap();
+        s.put_snapshot(&snap("s3", "b", 0)).unwrap();
+        let a: Vec<_> = s
+            .snapshots(Some("a"))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(a, ["s2", "s1"]);
+        assert_eq!(s.snapshots(None).unwrap().len(), 3);
+        assert_eq!(s.snapshot("s3").unwrap(), Some(snap("s3", "b", 0)));
+        s.delete_snapshot("s3").unwrap();
+        assert_eq!(s.snapshot("s3").unwrap(), None);
     }
 
     #[test]

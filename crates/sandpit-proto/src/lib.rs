@@ -173,6 +173,23 @@ pub enum Request {
     Connect {
         port: u16,
     },
+    /// Archives the directory `root` (tar, zstd-compressed): answered by `Reply::Ok`, then the
+    /// archive as data frames on `Stdout`, an end frame, and a final `Reply::Ok` or
+    /// `Reply::Error`; only a final `Ok` means the archive is complete. Mount points (the
+    /// host's system directories, `/proc`, `/dev`, the agent) are never included;
+    /// `excludes` are globs matched against paths relative to `root` and against names.
+    Archive {
+        root: String,
+        #[serde(default)]
+        excludes: Vec<String>,
+    },
+    /// Followed by an archive made by `Archive` as data frames on `Input` and an end frame;
+    /// unpacks it into `dir` (created if missing), after emptying `dir` when `clean`.
+    /// Answered by `Reply::Ok` or an error once all data was read.
+    Extract {
+        dir: String,
+        clean: bool,
+    },
 }
 
 /// How a code-interpreter context starts (and restarts).

@@ -83,6 +83,7 @@ fn keep_alive(s: &AppState, id: &str, keepalive: Option<&Value>) -> Result<Sandb
             id,
             UpdateSandbox {
                 keepalive_seconds: Some(k),
+                ..UpdateSandbox::default()
             },
         ),
         None => s.manager.touch(id),
@@ -160,6 +161,7 @@ async fn update(
         &id,
         UpdateSandbox {
             keepalive_seconds: Some(keepalive),
+            ..UpdateSandbox::default()
         },
     )?;
     Ok(view(&sandbox))

@@ -229,6 +229,7 @@ async fn create(
                 &id,
                 UpdateSandbox {
                     keepalive_seconds: Some(k),
+                    ..UpdateSandbox::default()
                 },
             )?,
             None => s.manager.touch(&id)?,

@@ -10,3 +10,4 @@ pub mod processes;
 pub mod pty;
 pub mod sandboxes;
 pub mod sessions;
+pub mod snapshots;
