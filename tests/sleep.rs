@@ -261,3 +261,105 @@ fn snapshot_on_expiry_then_a_new_sandbox_of_the_same_id_restores_it() {
         .request(Method::GET, &format!("/v1/sandboxes/{plain}/snapshots"))
         .expect_error(404, "not_found");
 }
+
+/// A webhook receiver on loopback that answers 200 and hands each body to the test.
+fn event_receiver() -> (u16, std::sync::mpsc::Receiver<Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let Ok(clone) = stream.try_clone() else {
+                continue;
+            };
+            let mut reader = BufReader::new(clone);
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn sleeping_and_waking_send_webhook_events() {
+    let (port, events) = event_receiver();
+    let conf = tempfile::tempdir().expect("tempdir");
+    let path = conf.path().join("sandpit.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s\"\n\
+             events = [\"sandbox.slept\", \"sandbox.woken\"]\n"
+        ),
+    )
+    .expect("config");
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--config".into(), path.to_string_lossy().into_owned()],
+        ..Default::default()
+    });
+    let id = unique("evented");
+    server.create(&json!({ "id": id, "sleep_after_seconds": 1 }));
+    let next = || {
+        events
+            .recv_timeout(Duration::from_secs(90))
+            .expect("no webhook event arrived")
+    };
+    // Idle: it falls asleep by itself; a call wakes it; an explicit sleep says so.
+    let slept = next();
+    assert_eq!(slept["type"], "sandbox.slept", "{slept}");
+    assert_eq!(slept["sandbox_id"], id.as_str());
+    assert_eq!(slept["data"]["reason"], "idle", "{slept}");
+    server.run_ok(&id, "true");
+    let woken = next();
+    assert_eq!(woken["type"], "sandbox.woken", "{woken}");
+    server
+        .request_json(
+            Method::PATCH,
+            &format!("/v1/sandboxes/{id}"),
+            &json!({ "sleep_after_seconds": 0 }),
+        )
+        .expect(200);
+    // It may have dozed off again before the PATCH (then `wake` wakes it); after that only
+    // the explicit sleep puts it to sleep.
+    server
+        .request(Method::POST, &format!("/v1/sandboxes/{id}/wake"))
+        .expect(200);
+    sleep(&server, &id);
+    loop {
+        let e = next();
+        if e["type"] == "sandbox.slept" && e["data"]["reason"] == "request" {
+            break;
+        }
+        let idle_doze = e["type"] == "sandbox.slept" && e["data"]["reason"] == "idle";
+        assert!(
+            idle_doze || e["type"] == "sandbox.woken",
+            "unexpected event {e}"
+        );
+    }
+}
