@@ -1,7 +1,9 @@
 //! The `sandpit` binary: one executable for the server (`serve`), the in-sandbox agent
 //! (`agent`), the namespace set-up step (`jail`, internal) and the benchmark (`bench`).
+//! The client subcommands (`create`, `exec`, `cp`, ...) live in `cli.rs`.
 
 mod bench;
+mod cli;
 mod config;
 
 use std::net::SocketAddr;
@@ -37,6 +39,9 @@ enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// Client subcommands: create, ls, info, exec, shell, cp, logs, snapshot, rm, ...
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 fn main() {
@@ -46,6 +51,7 @@ fn main() {
         Command::Jail { remove } => sandpit_runtime::jail::main(remove),
         Command::Serve(args) => report(serve(args)),
         Command::Bench(args) => report(bench::run(args)),
+        Command::Client(cmd) => cli::main(cmd),
     };
     std::process::exit(code);
 }

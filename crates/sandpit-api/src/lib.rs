@@ -5,6 +5,7 @@
 
 mod auth;
 mod compat;
+mod docs;
 mod error;
 mod extract;
 mod openapi;
@@ -182,6 +183,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(routes::ops::health))
         .route("/openapi.json", get(openapi::serve))
+        .route("/docs", get(docs::page))
         .merge(api)
         .merge(ports)
         .merge(compat::routes(&state))

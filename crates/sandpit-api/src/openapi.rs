@@ -24,7 +24,7 @@ use crate::routes::{
 };
 
 /// Paths anyone may call: outside the bearer-token layer in [`crate::router`].
-const PUBLIC_PATHS: &[&str] = &["/health", "/openapi.json"];
+const PUBLIC_PATHS: &[&str] = &["/health", "/openapi.json", "/docs"];
 /// Name of the bearer scheme, as `security(...)` in [`ApiDoc`] spells it too.
 const BEARER: &str = "bearer_auth";
 
@@ -54,6 +54,7 @@ const BEARER: &str = "bearer_auth";
         ports::revoke_token, ports::list_tokens,
         snapshots::create, snapshots::list, snapshots::get, snapshots::delete,
         snapshots::restore, snapshots::sleep, snapshots::wake,
+        crate::docs::page,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Auth, &Reasons, &PerMethodIds),

@@ -120,9 +120,7 @@ impl Client {
 
     /// Opens an SSE answer: the stream of its `(event, data)` pairs.
     async fn sse(&self, rb: RequestBuilder) -> Result<EventStream<sse::Event>> {
-        let resp = self
-            .send(rb.header(ACCEPT, "text/event-stream"))
-            .await?;
+        let resp = self.send(rb.header(ACCEPT, "text/event-stream")).await?;
         Ok(sse::events(resp))
     }
 
@@ -313,7 +311,12 @@ impl SandboxClient {
 
     /// Streams `reader` into a file, telling `progress` the bytes sent so far. The file is
     /// replaced only once the upload completes.
-    pub async fn upload<R>(&self, path: &str, reader: R, mut progress: Option<Progress>) -> Result<()>
+    pub async fn upload<R>(
+        &self,
+        path: &str,
+        reader: R,
+        mut progress: Option<Progress>,
+    ) -> Result<()>
     where
         R: AsyncRead + Send + Sync + 'static,
     {
@@ -357,7 +360,12 @@ impl SandboxClient {
 
     /// Streams a file into `writer`, telling `progress` the bytes received so far; answers
     /// the number of bytes written.
-    pub async fn download_to<W>(&self, path: &str, writer: &mut W, mut progress: Option<Progress>) -> Result<u64>
+    pub async fn download_to<W>(
+        &self,
+        path: &str,
+        writer: &mut W,
+        mut progress: Option<Progress>,
+    ) -> Result<u64>
     where
         W: AsyncWrite + Unpin,
     {
@@ -472,20 +480,38 @@ impl SandboxClient {
             .await
     }
 
-    fn logs_request(&self, process_id: &str, stdout_offset: u64, stderr_offset: u64) -> RequestBuilder {
+    fn logs_request(
+        &self,
+        process_id: &str,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> RequestBuilder {
         self.request(Method::GET, &["processes", process_id, "logs"])
-            .query(&[("stdout_offset", stdout_offset), ("stderr_offset", stderr_offset)])
+            .query(&[
+                ("stdout_offset", stdout_offset),
+                ("stderr_offset", stderr_offset),
+            ])
     }
 
     /// The logs of a process from the given offsets.
-    pub async fn process_logs(&self, process_id: &str, stdout_offset: u64, stderr_offset: u64) -> Result<ProcessLogs> {
+    pub async fn process_logs(
+        &self,
+        process_id: &str,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> Result<ProcessLogs> {
         self.client
             .json(self.logs_request(process_id, stdout_offset, stderr_offset))
             .await
     }
 
     /// Follows the logs of a process from the given offsets, until it exits.
-    pub async fn follow_logs(&self, process_id: &str, stdout_offset: u64, stderr_offset: u64) -> Result<EventStream<LogEvent>> {
+    pub async fn follow_logs(
+        &self,
+        process_id: &str,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> Result<EventStream<LogEvent>> {
         let events = self
             .client
             .sse(self.logs_request(process_id, stdout_offset, stderr_offset))
@@ -529,7 +555,10 @@ impl SandboxClient {
     pub async fn process_stdin(&self, process_id: &str, data: &str, eof: bool) -> Result<()> {
         let body = serde_json::json!({ "data": data, "eof": eof });
         self.client
-            .empty(self.request(Method::POST, &["processes", process_id, "stdin"]).json(&body))
+            .empty(
+                self.request(Method::POST, &["processes", process_id, "stdin"])
+                    .json(&body),
+            )
             .await
     }
 
@@ -537,7 +566,10 @@ impl SandboxClient {
     pub async fn signal_process(&self, process_id: &str, signal: &str) -> Result<()> {
         let body = serde_json::json!({ "signal": signal });
         self.client
-            .empty(self.request(Method::POST, &["processes", process_id, "signal"]).json(&body))
+            .empty(
+                self.request(Method::POST, &["processes", process_id, "signal"])
+                    .json(&body),
+            )
             .await
     }
 
@@ -568,9 +600,7 @@ impl SandboxClient {
     /// Opens an interactive terminal of `cols` x `rows` running bash (or `command` run by
     /// bash) over the terminal WebSocket.
     pub async fn pty(&self, cols: u16, rows: u16, command: Option<&str>) -> Result<Pty> {
-        let mut url = self
-            .client
-            .url(&["v1", "sandboxes", &self.id, "pty"]);
+        let mut url = self.client.url(&["v1", "sandboxes", &self.id, "pty"]);
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("cols", &cols.to_string())

@@ -124,10 +124,20 @@ impl ExecResult {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ExecEvent {
-    Start { pid: i64 },
-    Stdout { data: String },
-    Stderr { data: String },
-    Exit { exit_code: i64, duration_ms: u64, timed_out: bool },
+    Start {
+        pid: i64,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        exit_code: i64,
+        duration_ms: u64,
+        timed_out: bool,
+    },
 }
 
 /// A file or directory inside a sandbox.

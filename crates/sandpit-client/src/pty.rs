@@ -52,12 +52,13 @@ fn ws_error(e: tungstenite::Error) -> Error {
 
 pub(crate) async fn connect(mut url: Url, token: Option<&str>) -> Result<Pty> {
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-    url.set_scheme(scheme)
-        .map_err(|()| Error::new("invalid_url", format!("cannot make a WebSocket URL of {url}")))?;
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(ws_error)?;
+    url.set_scheme(scheme).map_err(|()| {
+        Error::new(
+            "invalid_url",
+            format!("cannot make a WebSocket URL of {url}"),
+        )
+    })?;
+    let mut request = url.as_str().into_client_request().map_err(ws_error)?;
     if let Some(t) = token {
         let value = HeaderValue::from_str(&format!("Bearer {t}"))
             .map_err(|e| Error::new("invalid_token", e.to_string()))?;

@@ -45,7 +45,10 @@ pub(crate) fn events(resp: reqwest::Response) -> EventStream<Event> {
                 event: ev.event,
                 data: ev.data,
             }),
-            Err(e) => Err(Error::new("connection_error", format!("reading the event stream: {e}"))),
+            Err(e) => Err(Error::new(
+                "connection_error",
+                format!("reading the event stream: {e}"),
+            )),
         })
         .boxed()
 }
