@@ -47,15 +47,20 @@ fn esc(s: &str) -> String {
 fn prose(s: &str) -> String {
     let mut out = String::new();
     for para in s.split("\n\n").filter(|p| !p.trim().is_empty()) {
-        out.push_str("<p>");
-        for (i, part) in esc(para.trim()).split('`').enumerate() {
-            if i % 2 == 1 {
-                let _ = write!(out, "<code>{part}</code>");
-            } else {
-                out.push_str(part);
-            }
+        let _ = write!(out, "<p>{}</p>", inline(para.trim()));
+    }
+    out
+}
+
+/// One line of prose: escaped, `code` spans kept.
+fn inline(s: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in esc(s).split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{part}</code>");
+        } else {
+            out.push_str(part);
         }
-        out.push_str("</p>");
     }
     out
 }
@@ -188,7 +193,7 @@ fn operation(doc: &Value, out: &mut String, method: &str, path: &str, op: &Value
         anchor(id),
         method.to_uppercase(),
         esc(path),
-        esc(summary)
+        inline(summary)
     );
     if let Some(d) = op.get("description").and_then(Value::as_str) {
         out.push_str(&prose(d));
