@@ -556,3 +556,143 @@ fn snapshot_commands_when_the_server_has_them() {
     assert_eq!(server.get_file(&id, "/workspace/keep.txt"), b"v1");
     assert_fails(&cli.run(&["restore", &id, "no-such-snapshot"]), 1, "(");
 }
+
+/// Terminal output read from a pty master in a thread, searched as it comes.
+struct Screen {
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Screen {
+    /// Reads until `needle` shows after `from` (a byte offset in what was seen); answers
+    /// where it ends. Panics only if the terminal closes, or stays silent for two minutes.
+    #[track_caller]
+    fn wait_for(&mut self, needle: &str, from: usize) -> usize {
+        loop {
+            if let Some(at) = self.seen[from..].find(needle) {
+                return from + at + needle.len();
+            }
+            match self
+                .chunks
+                .recv_timeout(std::time::Duration::from_secs(120))
+            {
+                Ok(c) => self.seen.push_str(&String::from_utf8_lossy(&c)),
+                Err(e) => panic!(
+                    "waiting for {needle:?} ({e}); the terminal showed {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+}
+
+fn set_size(fd: i32, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; fd is an open pty master.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+/// The CLI on a pseudo-terminal the test opens itself (its controlling terminal): the
+/// sandbox's terminal starts at the local size and follows a resize (SIGWINCH).
+#[test]
+fn shell_follows_the_terminal_size() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let server = Server::start();
+    let cli = Cli::new(&server);
+    let id = server.new_sandbox();
+    assert_contained(&server, &id);
+    let (mut master, mut slave) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds to valid pointers; name and termios may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just opened by openpty and are owned here only.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = cli.command(&["shell", &id]);
+    cmd.stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave.try_clone().expect("dup"));
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; they make the pty (stdin) the
+    // child's controlling terminal, as a terminal emulator does.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn the CLI on a pty");
+    drop(slave);
+    let master_fd = master.as_raw_fd();
+    let mut reader = std::fs::File::from(master.try_clone().expect("dup master"));
+    let mut writer = std::fs::File::from(master);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = Screen {
+        chunks: rx,
+        seen: String::new(),
+    };
+    writer
+        .write_all(b"echo A$((1+1)); stty size\n")
+        .expect("type");
+    let at = screen.wait_for("A2", 0);
+    screen.wait_for("30 100", at);
+
+    set_size(master_fd, 40, 120);
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: kill with a valid signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGWINCH) };
+    // The resize travels beside the keystrokes: ask until the new size shows.
+    let mut resized = false;
+    for i in 0..100 {
+        let marker = format!("B{}", 1000 + i);
+        let from = screen.seen.len();
+        writer
+            .write_all(format!("echo B$((1000+{i})); stty size\n").as_bytes())
+            .expect("type");
+        // The marker is computed by bash, so the echo of the typed line cannot match it.
+        let at = screen.wait_for(&marker, from);
+        let end = screen.wait_for("\n", at);
+        let size_line_end = screen.wait_for("\n", end);
+        if screen.seen[end..size_line_end].trim() == "40 120" {
+            resized = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        resized,
+        "the sandbox's terminal never became 40x120: {:?}",
+        screen.seen
+    );
+    writer.write_all(b"exit 5\n").expect("type");
+    assert_eq!(child.wait().expect("wait").code(), Some(5));
+}
