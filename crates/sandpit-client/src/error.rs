@@ -114,3 +114,31 @@ impl From<std::io::Error> for Error {
         Error::new("io_error", e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_carry_the_server_code() {
+        let e = Error::from_answer(
+            404,
+            br#"{"error":{"code":"not_found","message":"sandbox 'x' does not exist"}}"#,
+        );
+        assert_eq!(
+            (e.status, e.code.as_str(), e.message.as_str()),
+            (Some(404), "not_found", "sandbox 'x' does not exist")
+        );
+        assert_eq!(e.to_string(), "sandbox 'x' does not exist (not_found)");
+        assert!(e.is_not_found());
+        // Not the server's envelope: the status says what it can.
+        let e = Error::from_answer(502, b"Bad Gateway");
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("http_502", "Bad Gateway")
+        );
+        let e = Error::from_answer(401, b"");
+        assert_eq!(e.code, "unauthorized");
+        assert!(e.message.contains("401"));
+    }
+}
