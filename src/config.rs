@@ -58,7 +58,13 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct WebhookFile {
     url: String,
+    /// Key of the HMAC signature; may be left out with `format = "agentpod"`.
+    #[serde(default)]
     secret: String,
+    /// `sandpit` (default) or `agentpod` (AgentPod's `{event, data, timestamp}` body).
+    format: Option<String>,
+    /// Sent as `Authorization: Bearer <token>`.
+    token: Option<String>,
     /// Event types (`sandbox.created`, ...); empty or absent = all.
     #[serde(default)]
     events: Vec<String>,
@@ -70,12 +76,29 @@ struct WebhookFile {
 
 impl WebhookFile {
     fn into_core(self) -> anyhow::Result<sandpit_core::events::Webhook> {
-        use sandpit_core::events::{check_url, EventKind, Webhook};
+        use sandpit_core::events::{check_url, EventKind, Webhook, WebhookFormat};
         check_url(&self.url).map_err(anyhow::Error::msg)?;
-        if self.secret.is_empty() {
-            anyhow::bail!("webhook {}: secret must not be empty", self.url);
+        let format = match self.format.as_deref() {
+            None | Some("sandpit") => WebhookFormat::Sandpit,
+            Some("agentpod") => WebhookFormat::Agentpod,
+            Some(other) => anyhow::bail!(
+                "webhook {}: format '{other}': use sandpit or agentpod",
+                self.url
+            ),
+        };
+        if self.token.as_deref() == Some("") {
+            anyhow::bail!("webhook {}: token must not be empty", self.url);
+        }
+        let unauthenticated = format == WebhookFormat::Agentpod && self.token.is_none();
+        if self.secret.is_empty() && (format == WebhookFormat::Sandpit || unauthenticated) {
+            anyhow::bail!(
+                "webhook {}: secret must not be empty (an agentpod webhook may use token instead)",
+                self.url
+            );
         }
         let mut hook = Webhook::new(self.url, self.secret);
+        hook.format = format;
+        hook.token = self.token;
         for name in &self.events {
             let kind = EventKind::parse(name).with_context(|| {
                 let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();

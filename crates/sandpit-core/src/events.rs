@@ -55,6 +55,17 @@ impl EventKind {
     }
 }
 
+/// The shape of a webhook's deliveries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// `{id, type, sandbox_id, timestamp, data}`, signed (`X-Sandpit-Signature`).
+    #[default]
+    Sandpit,
+    /// AgentPod's: `{event, data: {sandboxId, ...}, timestamp}` with `Authorization:
+    /// Bearer <token>` (and the signature too when a secret is set).
+    Agentpod,
+}
+
 /// One webhook endpoint.
 #[derive(Clone)]
 pub struct Webhook {
@@ -70,6 +81,10 @@ pub struct Webhook {
     pub initial_backoff: Duration,
     /// Per attempt.
     pub timeout: Duration,
+    /// The body's shape.
+    pub format: WebhookFormat,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    pub token: Option<String>,
 }
 
 /// Without the secret or the URL's query, so a logged config leaks neither.
@@ -81,6 +96,7 @@ impl std::fmt::Debug for Webhook {
             .field("max_attempts", &self.max_attempts)
             .field("initial_backoff", &self.initial_backoff)
             .field("timeout", &self.timeout)
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +110,8 @@ impl Webhook {
             max_attempts: 6,
             initial_backoff: Duration::from_millis(500),
             timeout: Duration::from_secs(5),
+            format: WebhookFormat::default(),
+            token: None,
         }
     }
 
@@ -130,6 +148,12 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// ISO-8601 UTC with milliseconds and `Z`, as JavaScript's `toISOString()` writes it.
+fn iso_millis(ms: i64) -> String {
+    let secs = rfc3339(ms);
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms.rem_euclid(1000))
+}
+
 /// `sha256=<hex>` of HMAC-SHA256 over `timestamp + "." + body`.
 pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
     // HMAC takes keys of any length: new_from_slice cannot fail.
@@ -148,6 +172,8 @@ struct Event {
     kind: EventKind,
     sandbox_id: String,
     body: Bytes,
+    /// The same event in AgentPod's shape.
+    agentpod_body: Bytes,
 }
 
 /// The sending side of the event queue; cheap to call from any request path.
@@ -175,22 +201,37 @@ impl Events {
     pub fn emit(&self, kind: EventKind, sandbox_id: &str, data: serde_json::Value) -> bool {
         let Some(tx) = &self.tx else { return false };
         let id = format!("evt_{}", crate::manager::random_token(24));
+        let now = now_ms();
+        let mut agentpod_data = serde_json::json!({ "sandboxId": sandbox_id });
+        if let (Some(fields), Some(extra)) = (agentpod_data.as_object_mut(), data.as_object()) {
+            for (k, v) in extra {
+                fields.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let agentpod_body = serde_json::json!({
+            "event": kind.as_str(),
+            "data": agentpod_data,
+            "timestamp": iso_millis(now),
+        });
         let body = serde_json::json!({
             "id": id,
             "type": kind.as_str(),
             "sandbox_id": sandbox_id,
-            "timestamp": rfc3339(now_ms()),
+            "timestamp": rfc3339(now),
             "data": data,
         });
-        let body = match serde_json::to_vec(&body) {
-            Ok(b) => Bytes::from(b),
-            Err(_) => return false,
+        let (Ok(body), Ok(agentpod_body)) = (
+            serde_json::to_vec(&body),
+            serde_json::to_vec(&agentpod_body),
+        ) else {
+            return false;
         };
         let event = Event {
             id,
             kind,
             sandbox_id: sandbox_id.to_string(),
-            body,
+            body: Bytes::from(body),
+            agentpod_body: Bytes::from(agentpod_body),
         };
         if let Err(e) = tx.try_send(event) {
             let event = match e {
@@ -239,19 +280,28 @@ async fn deliver(client: &reqwest::Client, hook: &Webhook, event: &Event) {
     let attempts = hook.max_attempts.max(1);
     for attempt in 1..=attempts {
         let timestamp = (now_ms() / 1000).to_string();
-        let sent = client
-            .post(&hook.url)
+        let body = match hook.format {
+            WebhookFormat::Sandpit => &event.body,
+            WebhookFormat::Agentpod => &event.agentpod_body,
+        };
+        let mut request = client.post(&hook.url);
+        if let Some(token) = &hook.token {
+            request = request.bearer_auth(token);
+        }
+        if !hook.secret.is_empty() {
+            request = request.header(
+                "x-sandpit-signature",
+                signature(&hook.secret, &timestamp, body),
+            );
+        }
+        let sent = request
             .timeout(hook.timeout)
             .header("content-type", "application/json")
             .header("user-agent", concat!("sandpit/", env!("CARGO_PKG_VERSION")))
             .header("x-sandpit-event", event.kind.as_str())
             .header("x-sandpit-delivery", &event.id)
             .header("x-sandpit-timestamp", &timestamp)
-            .header(
-                "x-sandpit-signature",
-                signature(&hook.secret, &timestamp, &event.body),
-            )
-            .body(event.body.clone())
+            .body(body.clone())
             .send()
             .await;
         let failure = match sent {
