@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::netns::{git, NetNs, Repo, GIT_SERVER};
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -198,6 +199,203 @@ fn document_curl_flows() {
         404,
         &id,
     );
+}
+
+fn sync(server: &Server, id: &str) -> Value {
+    let r = server.request(Method::POST, &path(&format!("/sandbox/{id}/sync")));
+    r.expect(200);
+    let v = r.json();
+    assert_keys(
+        &v,
+        &[
+            "success",
+            "sandboxId",
+            "syncedFiles",
+            "skippedFiles",
+            "totalSize",
+            "timestamp",
+        ],
+    );
+    assert_eq!(v["success"], true);
+    assert_eq!(v["sandboxId"], id);
+    let ts = v["timestamp"].as_str().expect("timestamp");
+    assert!((parse_utc(ts).expect("ISO time") - now_unix()).abs() < 120.0);
+    v
+}
+
+fn wake(server: &Server, id: &str) -> Value {
+    let r = server.request(Method::POST, &path(&format!("/sandbox/{id}/wake")));
+    r.expect(200);
+    let v = r.json();
+    assert_keys(&v, &["success", "status", "serverPort", "restoredFiles"]);
+    assert_eq!(v["success"], true);
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["serverPort"], 4096);
+    v
+}
+
+/// The `agentpod-sync` snapshots of `id`, through `/v1`.
+fn sync_snapshots(server: &Server, id: &str) -> Vec<Value> {
+    let r = server.request(Method::GET, &format!("/v1/sandboxes/{id}/snapshots"));
+    if r.status == 404 {
+        return Vec::new();
+    }
+    r.expect(200);
+    r.json()["snapshots"]
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .filter(|s| s["name"] == "agentpod-sync")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn sync_outlives_the_sandbox_and_wake_restores_it() {
+    let server = Server::start();
+    let id = unique("synced");
+    let dir = "/home/user/project";
+    create(&server, &json!({"id": id, "userId": "u", "directory": dir}));
+    server.put_file(&id, &format!("{dir}/a.txt"), b"hello");
+    server.put_file(&id, &format!("{dir}/sub/b.txt"), b"abc");
+    server.put_file(&id, &format!("{dir}/node_modules/x/y.js"), b"skipped");
+    server.put_file(&id, "/workspace/elsewhere.txt", b"not in the workspace");
+
+    let v = sync(&server, &id);
+    assert_eq!(v["syncedFiles"], 2);
+    assert_eq!(v["skippedFiles"], 1);
+    assert_eq!(v["totalSize"], 8);
+    assert_eq!(info(&server, &id)["hasWorkspace"], true);
+    let snaps = sync_snapshots(&server, &id);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0]["path"], dir);
+
+    // A second sync replaces the first.
+    server.put_file(&id, &format!("{dir}/a.txt"), b"hello again");
+    let v = sync(&server, &id);
+    assert_eq!(v["totalSize"], 14);
+    let snaps2 = sync_snapshots(&server, &id);
+    assert_eq!(snaps2.len(), 1, "{snaps2:?}");
+    assert_ne!(snaps2[0]["id"], snaps[0]["id"]);
+
+    // The native DELETE keeps the sync: the sandbox is gone, its workspace is not.
+    server.delete_sandbox(&id);
+    let v = info(&server, &id);
+    assert_eq!(v["status"], "stopped");
+    assert_eq!(v["hasWorkspace"], true);
+
+    // wake makes it again with the same id and the last sync in its workspace.
+    let v = wake(&server, &id);
+    assert_eq!(v["restoredFiles"], 2);
+    assert!(server.list_ids().contains(&id));
+    assert_eq!(
+        server.get_file(&id, &format!("{dir}/a.txt")),
+        b"hello again"
+    );
+    assert_eq!(server.get_file(&id, &format!("{dir}/sub/b.txt")), b"abc");
+    assert_eq!(
+        server.run_ok(
+            &id,
+            &format!("test -e {dir}/node_modules || echo no-modules; test -e /workspace/elsewhere.txt || echo no-elsewhere")
+        ),
+        "no-modules\nno-elsewhere\n"
+    );
+    // The woken sandbox still knows its workspace.
+    server.put_file(&id, &format!("{dir}/c.txt"), b"c");
+    assert_eq!(sync(&server, &id)["syncedFiles"], 3);
+
+    // Asleep: wake wakes it; its files never left.
+    server
+        .request(Method::POST, &format!("/v1/sandboxes/{id}/sleep"))
+        .expect(200);
+    assert_eq!(info(&server, &id)["status"], "sleeping");
+    let v = wake(&server, &id);
+    assert_eq!(v["restoredFiles"], 0);
+    assert_eq!(server.sandbox(&id)["status"], "running");
+    assert_eq!(server.get_file(&id, &format!("{dir}/c.txt")), b"c");
+
+    // agentpod's DELETE removes the sandbox and its syncs.
+    let r = server.request(Method::DELETE, &path(&format!("/sandbox/{id}")));
+    r.expect(200);
+    assert_eq!(r.json()["success"], true);
+    assert!(sync_snapshots(&server, &id).is_empty());
+    assert_error(
+        &server.request(Method::GET, &path(&format!("/sandbox/{id}"))),
+        404,
+        &id,
+    );
+    assert_error(
+        &server.request(Method::POST, &path(&format!("/sandbox/{id}/wake"))),
+        404,
+        &id,
+    );
+    // A sync of a sandbox whose workspace was removed is a clear error.
+    let other = unique("no-ws");
+    create(&server, &json!({"id": other}));
+    server.run_ok(&other, "rm -rf /home/user/workspace");
+    let r = server.request(Method::POST, &path(&format!("/sandbox/{other}/sync")));
+    assert_error(&r, 500, "does not exist");
+}
+
+#[test]
+fn create_with_git_url_clones_into_the_directory() {
+    // A git smart-HTTP server in a network namespace of the test's own (as tests/git.rs).
+    let mut ns = NetNs::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::new(dir.path(), "proj");
+    git(&repo.work, &["checkout", "-q", "-b", "feature"]);
+    let feature = repo.commit("on the feature branch\n");
+    git(
+        &repo.work,
+        &["push", "-q", repo.bare.to_str().expect("utf-8"), "feature"],
+    );
+    let script = dir.path().join("server.py");
+    std::fs::write(&script, GIT_SERVER).expect("write server");
+    let root = dir.path().to_str().expect("utf-8").to_string();
+    ns.spawn(
+        &["python3", script.to_str().expect("utf-8"), &root, "8080"],
+        &[],
+        &dir.path().join("server.log"),
+    );
+    ns.wait_listening(8080);
+    let url = format!("http://{}:8080/proj.git", ns.ns_addr);
+
+    let server = Server::start();
+    let id = unique("cloned");
+    let v = create(
+        &server,
+        &json!({"id": id, "userId": "u", "gitUrl": url, "gitBranch": "feature",
+                "directory": "/home/user/repo"}),
+    );
+    assert_eq!(v["status"], "running");
+    assert_contained(&server, &id);
+    assert_eq!(
+        server.get_file(&id, "/home/user/repo/README"),
+        b"on the feature branch\n"
+    );
+    assert_eq!(
+        server.run_ok(&id, "git -C /home/user/repo rev-parse HEAD"),
+        format!("{feature}\n")
+    );
+    // The sandbox reaches the repository's host and nothing else.
+    assert_eq!(server.sandbox(&id)["network"], "egress");
+    // And the clone is what a sync saves.
+    assert_eq!(
+        sync(&server, &id)["syncedFiles"].as_u64().map(|n| n > 1),
+        Some(true)
+    );
+
+    // A branch that does not exist: the clone's error, and no sandbox left behind.
+    let bad = unique("cloned-bad");
+    let r = server.request_json(
+        Method::POST,
+        &path("/sandbox"),
+        &json!({"id": bad, "gitUrl": url, "gitBranch": "nope"}),
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["success"], false);
+    assert!(r.json()["error"].is_string());
+    assert!(!server.list_ids().contains(&bad));
 }
 
 #[test]

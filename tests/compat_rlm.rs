@@ -367,7 +367,10 @@ fn unknown_root_dialect_is_a_startup_error() {
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let data = dir.path().to_string_lossy().into_owned();
-    for (name, says) in [("nope", "is not a dialect")] {
+    for (name, says) in [
+        ("nope", "is not a dialect"),
+        ("AgentPod", "is not a dialect"),
+    ] {
         let (status, out) = run_binary(
             &[
                 "serve",

@@ -15,7 +15,8 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use sandpit_core::model::{CreateSandbox, GitClone, StartProcess};
+use sandpit_core::model::{CreateSandbox, ExecRequest, GitClone, StartProcess};
+use sandpit_core::snapshot::{CreateSnapshot, RestoreSource, Snapshot};
 use sandpit_core::CoreError;
 use serde_json::{json, Value};
 
@@ -38,6 +39,10 @@ pub const DEFAULT_DIRECTORY: &str = "/home/user/workspace";
 const DIRECTORY_VAR: &str = "AGENTPOD_DIRECTORY";
 /// Environment variable that keeps the `userId` a sandbox was created for.
 const USER_VAR: &str = "AGENTPOD_USER_ID";
+/// Name of the snapshots `sync` makes.
+pub const SYNC_NAME: &str = "agentpod-sync";
+/// Left out of a sync (counted as `skippedFiles`).
+const SYNC_EXCLUDES: [&str; 1] = ["node_modules"];
 /// Largest OpenCode answer `message` reads.
 const MAX_OPENCODE_ANSWER: usize = 16 * 1024 * 1024;
 /// A prompt runs a model: it may take minutes.
@@ -49,6 +54,8 @@ pub fn router() -> Router<AppState> {
         .route("/sandbox", post(create))
         .route("/sandbox/{id}", get(info).delete(remove))
         .route("/sandbox/{id}/message", post(message))
+        .route("/sandbox/{id}/sync", post(sync))
+        .route("/sandbox/{id}/wake", post(wake))
         .route("/sandbox/{id}/opencode", any(opencode))
         .route("/sandbox/{id}/opencode/", any(opencode))
         .route("/sandbox/{id}/opencode/{*rest}", any(opencode))
@@ -126,9 +133,16 @@ async fn create(
     if let Some(u) = &user {
         env.insert(USER_VAR.into(), u.clone());
     }
+    // A checkout needs the network: egress to the repository's host, and nowhere else.
+    let (network, allow) = match git_url.as_deref().and_then(git_host) {
+        Some(host) => (Some("egress".to_string()), vec![host]),
+        None => (None, Vec::new()),
+    };
     let req = CreateSandbox {
         id: Some(id.clone()),
         env,
+        network,
+        allow,
         ..CreateSandbox::default()
     };
     match s.manager.create(req).await {
@@ -142,6 +156,18 @@ async fn create(
         return Err(e);
     }
     Ok(created_answer(&id))
+}
+
+/// The host of a git URL (`scheme://[user@]host[:port]/...`), for the egress allow-list.
+fn git_host(url: &str) -> Option<String> {
+    let rest = url.trim().split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit('@').next()?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// Clones into (or makes) the workspace, then starts OpenCode if the sandbox has it.
@@ -323,14 +349,167 @@ async fn message(
     })))
 }
 
+/// The snapshots of `id` that are syncs, newest first.
+fn syncs(s: &AppState, id: &str) -> Result<Vec<Snapshot>, CompatError> {
+    match s.manager.list_snapshots(id) {
+        Ok(all) => Ok(all
+            .into_iter()
+            .filter(|snap| snap.name.as_deref() == Some(SYNC_NAME))
+            .collect()),
+        Err(CoreError::NotFound(_)) => Ok(Vec::new()),
+        Err(e) => Err(core_error(id, e)),
+    }
+}
+
 /// Whether a synced workspace of `id` exists.
-fn has_sync(_s: &AppState, _id: &str) -> bool {
-    false
+fn has_sync(s: &AppState, id: &str) -> bool {
+    syncs(s, id).is_ok_and(|all| !all.is_empty())
 }
 
 /// Deletes the synced workspaces of `id`; how many there were.
-async fn delete_syncs(_s: &AppState, _id: &str) -> Result<usize, CompatError> {
-    Ok(0)
+async fn delete_syncs(s: &AppState, id: &str) -> Result<usize, CompatError> {
+    let all = syncs(s, id)?;
+    for snap in &all {
+        match s.manager.delete_snapshot(&snap.id).await {
+            Ok(()) | Err(CoreError::SnapshotNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(all.len())
+}
+
+/// What a workspace holds: its directory, regular files and their bytes (outside
+/// `node_modules`), and the files a sync leaves out (inside `node_modules`).
+struct Counts {
+    directory: String,
+    files: u64,
+    bytes: u64,
+    skipped: u64,
+}
+
+/// Counts `directory` (default: the sandbox's workspace) inside the sandbox.
+async fn count_workspace(
+    s: &AppState,
+    id: &str,
+    directory: Option<&str>,
+) -> Result<Counts, CompatError> {
+    const SCRIPT: &str = r#"d="${1:-${AGENTPOD_DIRECTORY:-/home/user/workspace}}"
+cd "$d" 2>/dev/null || { echo "workspace $d does not exist" >&2; exit 3; }
+printf '%s\n' "$d"
+find . -name node_modules -prune -o -type f -printf '%s\n' | awk '{n++; s+=$1} END {printf "%d %d\n", n, s}'
+find . -path '*/node_modules/*' -type f | wc -l"#;
+    let req = ExecRequest {
+        argv: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            SCRIPT.into(),
+            "sh".into(),
+            directory.unwrap_or_default().into(),
+        ]),
+        ..ExecRequest::default()
+    };
+    let r = s
+        .manager
+        .exec(id, req)
+        .await
+        .map_err(|e| core_error(id, e))?;
+    if r.exit_code != 0 {
+        return Err(CompatError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not read the workspace: {}", r.stderr.trim()),
+        ));
+    }
+    let mut lines = r.stdout.lines();
+    let directory = lines.next().unwrap_or(DEFAULT_DIRECTORY).to_string();
+    let mut numbers = lines
+        .flat_map(str::split_whitespace)
+        .map(|n| n.parse::<u64>().unwrap_or(0));
+    Ok(Counts {
+        directory,
+        files: numbers.next().unwrap_or(0),
+        bytes: numbers.next().unwrap_or(0),
+        skipped: numbers.next().unwrap_or(0),
+    })
+}
+
+/// `POST /sandbox/:id/sync`: the workspace (without `node_modules`) becomes the snapshot
+/// `agentpod-sync`; the earlier sync is removed once the new one is stored, so there is
+/// always one complete sync.
+async fn sync(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, CompatError> {
+    s.manager.get(&id).map_err(|e| core_error(&id, e))?;
+    let counts = count_workspace(&s, &id, None).await?;
+    let req = CreateSnapshot {
+        name: Some(SYNC_NAME.into()),
+        path: Some(counts.directory.clone()),
+        excludes: SYNC_EXCLUDES.iter().map(|e| e.to_string()).collect(),
+    };
+    let made = s
+        .manager
+        .create_snapshot(&id, req)
+        .await
+        .map_err(|e| core_error(&id, e).and(json!({"success": false})))?;
+    for old in syncs(&s, &id)?.into_iter().filter(|o| o.id != made.id) {
+        if let Err(e) = s.manager.delete_snapshot(&old.id).await {
+            tracing::warn!(sandbox = %id, snapshot = %old.id, error = %e, "earlier sync not removed");
+        }
+    }
+    Ok(Json(json!({
+        "success": true,
+        "sandboxId": id,
+        "syncedFiles": counts.files,
+        "skippedFiles": counts.skipped,
+        "totalSize": counts.bytes,
+        "timestamp": iso_now(),
+    })))
+}
+
+/// `POST /sandbox/:id/wake`: a sleeping sandbox is woken (its files stayed); a deleted or
+/// expired one is created again with the same id and its latest sync restored into its
+/// workspace. OpenCode is started again either way when the sandbox has it.
+async fn wake(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, CompatError> {
+    let restored = match s.manager.get(&id) {
+        Ok(_) => {
+            s.manager.wake(&id).await.map_err(|e| core_error(&id, e))?;
+            let counts = count_workspace(&s, &id, None).await?;
+            start_opencode(&s, &id, &counts.directory, None).await?;
+            0
+        }
+        Err(CoreError::NotFound(_)) => {
+            let Some(latest) = syncs(&s, &id)?.into_iter().next() else {
+                return Err(core_error(&id, CoreError::NotFound(id.clone())));
+            };
+            let req = CreateSandbox {
+                id: Some(id.clone()),
+                env: std::collections::BTreeMap::from([(
+                    DIRECTORY_VAR.to_string(),
+                    latest.path.clone(),
+                )]),
+                restore: Some(RestoreSource::Snapshot(latest.id.clone())),
+                ..CreateSandbox::default()
+            };
+            match s.manager.create(req).await {
+                // Woken by a concurrent call: its files are the sync's already.
+                Ok(_) | Err(CoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(core_error(&id, e)),
+            }
+            let counts = count_workspace(&s, &id, Some(&latest.path)).await?;
+            start_opencode(&s, &id, &latest.path, None).await?;
+            counts.files
+        }
+        Err(e) => return Err(core_error(&id, e)),
+    };
+    Ok(Json(json!({
+        "success": true,
+        "status": "running",
+        "serverPort": OPENCODE_PORT,
+        "restoredFiles": restored,
+    })))
 }
 
 /// A path segment with everything but unreserved characters percent-encoded.
@@ -416,6 +595,21 @@ async fn opencode_call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_hosts() {
+        assert_eq!(
+            git_host("https://github.com/a/b.git").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(
+            git_host("http://t:x@10.0.0.2:8080/p.git").as_deref(),
+            Some("10.0.0.2")
+        );
+        assert_eq!(git_host("ssh://git@[::1]:22/p").as_deref(), Some("::1"));
+        assert_eq!(git_host("file:///etc").as_deref(), None);
+        assert_eq!(git_host("/srv/repo"), None);
+    }
 
     #[test]
     fn segments_are_encoded() {
