@@ -476,8 +476,11 @@ async fn wake(
     let restored = match s.manager.get(&id) {
         Ok(_) => {
             s.manager.wake(&id).await.map_err(|e| core_error(&id, e))?;
-            let counts = count_workspace(&s, &id, None).await?;
-            start_opencode(&s, &id, &counts.directory, None).await?;
+            // Its files stayed; OpenCode is started again in its workspace, if that is
+            // still there (a removed workspace does not stop the wake).
+            if let Ok(counts) = count_workspace(&s, &id, None).await {
+                start_opencode(&s, &id, &counts.directory, None).await?;
+            }
             0
         }
         Err(CoreError::NotFound(_)) => {
