@@ -51,6 +51,47 @@ struct FileConfig {
     /// Where snapshots go.
     #[serde(default)]
     storage: sandpit_core::snapshot::StorageConfig,
+    #[serde(default)]
+    tenants: Vec<TenantFile>,
+}
+
+/// One `[[tenants]]` entry: its API keys (hex SHA-256, from `sandpit hash-key`) and quotas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    name: String,
+    key_sha256: Option<String>,
+    #[serde(default)]
+    keys_sha256: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    quotas: QuotasFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotasFile {
+    max_sandboxes: Option<u64>,
+    max_memory_mb: Option<u64>,
+    creations_per_minute: Option<u64>,
+}
+
+impl TenantFile {
+    fn into_core(self) -> sandpit_core::tenant::TenantConfig {
+        let mut keys_sha256 = self.keys_sha256;
+        keys_sha256.extend(self.key_sha256);
+        sandpit_core::tenant::TenantConfig {
+            name: self.name,
+            keys_sha256,
+            admin: self.admin,
+            quotas: sandpit_core::tenant::Quotas {
+                max_sandboxes: self.quotas.max_sandboxes,
+                max_memory_mb: self.quotas.max_memory_mb,
+                creations_per_minute: self.quotas.creations_per_minute,
+            },
+        }
+    }
 }
 
 /// One `[[webhooks]]` entry.
@@ -132,6 +173,7 @@ struct Defaults {
     cpus: Option<f64>,
     pids: Option<u64>,
     sleep_after_seconds: Option<u64>,
+    open_files: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -147,6 +189,8 @@ pub struct Config {
     pub root_dialect: Option<String>,
     /// Domain of host-based port addressing, without a leading dot.
     pub ports_domain: Option<String>,
+    /// Every accepted API key (the tenants' and `SANDPIT_AUTH_TOKEN`), hashed.
+    pub keys: sandpit_core::tenant::Keys,
     webhooks: Vec<sandpit_core::events::Webhook>,
     defaults: Defaults,
     /// Snapshot storage (`[storage]`); default: `<data dir>/snapshots`.
@@ -180,6 +224,13 @@ impl Config {
         let token = std::env::var("SANDPIT_AUTH_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
+        let tenants: Vec<_> = file
+            .tenants
+            .into_iter()
+            .map(TenantFile::into_core)
+            .collect();
+        let keys = sandpit_core::tenant::Keys::new(&tenants, token.as_deref())
+            .map_err(anyhow::Error::msg)?;
         Ok(Self {
             listen: args
                 .listen
@@ -199,6 +250,7 @@ impl Config {
             max_upload_bytes: file.max_upload_mb.unwrap_or(4096) * 1024 * 1024,
             root_dialect,
             ports_domain,
+            keys,
             webhooks,
             defaults: file.defaults,
             storage: file.storage,
@@ -218,6 +270,7 @@ impl Config {
                 memory_mb: d.memory_mb.or(base.default_limits.memory_mb),
                 cpus: d.cpus.or(base.default_limits.cpus),
                 pids: d.pids.or(base.default_limits.pids),
+                open_files: d.open_files.or(base.default_limits.open_files),
             },
             default_timeout_ms: d.timeout_ms.unwrap_or(base.default_timeout_ms),
             max_output_bytes: d.max_output_bytes.unwrap_or(base.max_output_bytes),
@@ -293,6 +346,46 @@ mod tests {
             cfg.core(PathBuf::from("/x")).default_sleep_after_seconds,
             30
         );
+    }
+
+    #[test]
+    fn tenants_are_read_with_their_keys_and_quotas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let h = sandpit_core::tenant::hash_key;
+        std::fs::write(
+            &path,
+            format!(
+                "[[tenants]]\nname = \"acme\"\nkey_sha256 = \"{}\"\nkeys_sha256 = [\"{}\"]\n\
+                 [tenants.quotas]\nmax_sandboxes = 2\n\
+                 [[tenants]]\nname = \"ops\"\nkey_sha256 = \"{}\"\nadmin = true\n",
+                h("a1"),
+                h("a2"),
+                h("o")
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let a = cfg.keys.resolve("a2").unwrap();
+        assert_eq!((&*a.tenant, a.quotas.max_sandboxes), ("acme", Some(2)));
+        assert!(cfg.keys.resolve("a1").is_some());
+        assert!(cfg.keys.resolve("o").unwrap().admin);
+        assert!(cfg.keys.resolve("x").is_none());
+        std::fs::write(
+            &path,
+            "[[tenants]]\nname = \"bad\"\nkey_sha256 = \"nothex\"\n",
+        )
+        .unwrap();
+        let err = Config::load(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
     }
 
     #[test]

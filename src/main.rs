@@ -29,6 +29,8 @@ enum Command {
     Serve(config::ServeArgs),
     /// Measure create and exec latency against a bare process spawn.
     Bench(bench::BenchArgs),
+    /// Read an API key on stdin and print its hex SHA-256, for `key_sha256` in `[[tenants]]`.
+    HashKey,
     /// Run the agent inside a sandbox (started by `sandpit jail`).
     #[command(hide = true)]
     Agent,
@@ -52,6 +54,7 @@ fn main() {
         Command::Serve(args) => report(serve(args)),
         Command::Bench(args) => report(bench::run(args)),
         Command::Client(cmd) => cli::main(cmd),
+        Command::HashKey => report(hash_key()),
     };
     std::process::exit(code);
 }
@@ -66,14 +69,28 @@ fn report(result: anyhow::Result<()>) -> i32 {
     }
 }
 
+/// `sandpit hash-key`: the key is the first line of stdin (a trailing newline is not part of it).
+fn hash_key() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the key from stdin")?;
+    let key = line.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        bail!("no key on stdin: echo -n \"$KEY\" | sandpit hash-key");
+    }
+    println!("{}", sandpit_core::tenant::hash_key(key));
+    Ok(())
+}
+
 fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
-    let cfg = config::Config::load(args)?;
+    let mut cfg = config::Config::load(args)?;
     init_logging(&cfg.log_format)?;
     let addr: SocketAddr = cfg
         .listen
         .parse()
         .with_context(|| format!("--listen '{}'", cfg.listen))?;
-    if cfg.token.is_none() && !addr.ip().is_loopback() && !cfg.insecure {
+    if !cfg.keys.enabled() && !addr.ip().is_loopback() && !cfg.insecure {
         bail!(
             "refusing to listen on {addr} without a token: set SANDPIT_AUTH_TOKEN, or pass --insecure to serve an open API on the network"
         );
@@ -105,9 +122,11 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         manager.set_storage(storage)?;
         manager.recover().await?;
         let reaper = manager.spawn_reaper();
+        let tenants = cfg.keys.enabled();
         let app = sandpit_api::router(sandpit_api::AppState {
             manager: manager.clone(),
             token: cfg.token.clone().map(Arc::from),
+            keys: Arc::new(std::mem::take(&mut cfg.keys)),
             metrics,
             max_upload_bytes: cfg.max_upload_bytes,
             root_dialect: cfg.root_dialect.as_deref().map(Arc::from),
@@ -116,7 +135,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
-        tracing::info!(%addr, data_dir = %data_dir.display(), auth = cfg.token.is_some(), root_dialect = cfg.root_dialect.as_deref(), "sandpit serving");
+        tracing::info!(%addr, data_dir = %data_dir.display(), auth = cfg.token.is_some() || tenants, root_dialect = cfg.root_dialect.as_deref(), "sandpit serving");
         // The peer address feeds X-Forwarded-For of the port proxy.
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown_signal())

@@ -177,3 +177,198 @@ fn cpu_limit_throttles() {
     let cpu: f64 = r.stdout.trim().parse().unwrap();
     assert!(cpu < 1.2, "{cpu:.2} s of CPU in 3 s with cpus=0.2");
 }
+
+#[test]
+fn open_files_limit_holds_and_can_be_raised_while_running() {
+    let server = Server::start();
+    let (id, sb) = limited(&server, json!({ "open_files": 100 }));
+    assert_eq!(sb["limits"]["open_files"], 100, "{sb}");
+    assert_eq!(server.run_ok(&id, "ulimit -n; ulimit -Hn"), "100\n100\n");
+    // Opening 200 files stops at the limit with EMFILE.
+    let script = "import os\n\
+                  fds = []\n\
+                  try:\n\
+                  \x20   for i in range(200): fds.append(os.open('/dev/null', os.O_RDONLY))\n\
+                  except OSError as e:\n\
+                  \x20   print(len(fds), e.errno)\n";
+    let r = server.exec_json(&id, &json!({ "argv": ["python3", "-c", script] }));
+    let f: Vec<u64> = r
+        .stdout
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(f.len(), 2, "{r:?}");
+    assert!(f[0] < 100, "{} files opened under open_files=100", f[0]);
+    assert_eq!(f[1], 24, "errno is not EMFILE: {r:?}");
+    // Out of range is a clear 400.
+    server
+        .request_json(
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            &json!({ "limits": { "open_files": 3 } }),
+        )
+        .expect_error(400, "bad_request");
+    // Raised while it runs: new commands get the new limit; the JSON shows it.
+    let r = server.request_json(
+        reqwest::Method::PATCH,
+        &format!("/v1/sandboxes/{id}"),
+        &json!({ "limits": { "open_files": 300 } }),
+    );
+    r.expect(200);
+    assert_eq!(r.json()["limits"]["open_files"], 300, "{}", r.text());
+    assert_eq!(server.run_ok(&id, "ulimit -n"), "300\n");
+}
+
+#[test]
+fn memory_lowered_while_running_stops_a_big_allocation() {
+    let mut server = Server::start();
+    let (id, _) = limited(&server, json!({ "memory_mb": 512 }));
+    let alloc = |mb: u64| {
+        server.exec_json(
+            &id,
+            &json!({
+                "argv": ["python3", "-c", format!("b = b'x' * ({mb} << 20); print('got', len(b) >> 20)")],
+                "timeout_ms": 60000,
+            }),
+        )
+    };
+    let before = alloc(200);
+    assert_eq!(before.stdout, "got 200\n", "{before:?}");
+    let r = server.request_json(
+        reqwest::Method::PATCH,
+        &format!("/v1/sandboxes/{id}"),
+        &json!({ "limits": { "memory_mb": 64 } }),
+    );
+    r.expect(200);
+    assert_eq!(r.json()["limits"]["memory_mb"], 64, "{}", r.text());
+    assert_eq!(
+        r.json()["limits"]["cpus"].as_f64().map(|c| c > 0.0),
+        Some(true)
+    );
+    let after = alloc(200);
+    assert!(!after.timed_out, "{after:?}");
+    assert_ne!(
+        after.exit_code, 0,
+        "200 MiB after lowering to 64 MiB: {after:?}"
+    );
+    assert!(!after.stdout.contains("got"), "{after:?}");
+    assert_eq!(server.run_ok(&id, "echo alive"), "alive\n");
+    // Bad values are refused clearly and change nothing.
+    server
+        .request_json(
+            reqwest::Method::PATCH,
+            &format!("/v1/sandboxes/{id}"),
+            &json!({ "limits": { "memory_mb": 1 } }),
+        )
+        .expect_error(400, "bad_request");
+    // The new limit is kept across a server restart.
+    server.restart();
+    assert_eq!(server.sandbox(&id)["limits"]["memory_mb"], 64);
+}
+
+#[test]
+fn pids_lowered_while_running_stops_a_fork_loop_at_the_new_bound() {
+    let server = Server::start();
+    let (id, _) = limited(&server, json!({ "pids": 512 }));
+    let r = server.request_json(
+        reqwest::Method::PATCH,
+        &format!("/v1/sandboxes/{id}"),
+        &json!({ "limits": { "pids": 40 } }),
+    );
+    r.expect(200);
+    assert_eq!(r.json()["limits"]["pids"], 40, "{}", r.text());
+    let script = r#"
+import os, signal, time
+kids, fails = [], 0
+for i in range(120):
+    try:
+        pid = os.fork()
+    except OSError:
+        fails += 1
+        continue
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    kids.append(pid)
+print(len(kids), fails, flush=True)
+for k in kids:
+    os.kill(k, signal.SIGKILL)
+for k in kids:
+    os.waitpid(k, 0)
+"#;
+    let r = server.exec_json(
+        &id,
+        &json!({ "argv": ["python3", "-c", script], "timeout_ms": 30000 }),
+    );
+    let nums: Vec<usize> = r
+        .stdout
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "{r:?}");
+    eprintln!(
+        "fork loop under pids=40: {} forked, {} failed",
+        nums[0], nums[1]
+    );
+    assert!(nums[0] < 40, "{} forks under pids=40", nums[0]);
+    assert!(nums[1] > 0, "no fork failed under the lowered bound");
+    // Raised again, the same loop gets further.
+    server
+        .request_json(
+            reqwest::Method::PATCH,
+            &format!("/v1/sandboxes/{id}"),
+            &json!({ "limits": { "pids": 400 } }),
+        )
+        .expect(200);
+    let r = server.exec_json(
+        &id,
+        &json!({ "argv": ["python3", "-c", script], "timeout_ms": 30000 }),
+    );
+    assert!(r.stdout.starts_with("120 0"), "{r:?}");
+}
+
+/// CPU time (seconds) a `cpus` limit let a spinner use in `secs` of wall time, measured
+/// inside the sandbox from the process's own counters.
+const SPIN: &str = "import time\n\
+                    t, c = time.time(), time.process_time()\n\
+                    while time.time() - t < 4: pass\n\
+                    print(time.process_time() - c)\n";
+
+#[test]
+fn cpu_share_is_honoured_under_contention() {
+    if !std::path::Path::new("/sys/fs/cgroup/cpu").exists()
+        && !std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.contains("cpu"))
+    {
+        eprintln!("SKIPPED: no cpu cgroup controller on this host");
+        return;
+    }
+    let server = Server::start();
+    let (small, _) = limited(&server, json!({ "cpus": 0.2 }));
+    let (big, _) = limited(&server, json!({ "cpus": 1.0 }));
+    // Both spin at the same time.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| server.exec_json(&small, &json!({ "argv": ["python3", "-c", SPIN] })));
+        let b = s.spawn(|| server.exec_json(&big, &json!({ "argv": ["python3", "-c", SPIN] })));
+        (a.join().expect("small"), b.join().expect("big"))
+    });
+    let cpu =
+        |r: &ExecResult| -> f64 { r.stdout.trim().parse().unwrap_or_else(|_| panic!("{r:?}")) };
+    let (ca, cb) = (cpu(&a), cpu(&b));
+    eprintln!("cpu time under contention: cpus=0.2 got {ca:.2} s, cpus=1.0 got {cb:.2} s");
+    assert!(ca > 0.0, "{a:?}");
+    assert!(cb / ca > 2.0, "cpus 1.0 vs 0.2 got {cb:.2} s vs {ca:.2} s");
+    // Lowered while running, the big one is held too.
+    server
+        .request_json(
+            reqwest::Method::PATCH,
+            &format!("/v1/sandboxes/{big}"),
+            &json!({ "limits": { "cpus": 0.2 } }),
+        )
+        .expect(200);
+    let c = cpu(&server.exec_json(&big, &json!({ "argv": ["python3", "-c", SPIN] })));
+    assert!(
+        c < cb / 2.0,
+        "after lowering to 0.2: {c:.2} s (before {cb:.2} s)"
+    );
+}

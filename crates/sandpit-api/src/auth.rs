@@ -1,11 +1,17 @@
-//! Bearer-token auth, compared in constant time.
+//! Bearer-token auth: the request's key (compared by hash, in constant time) names its
+//! caller, a tenant or the admin, and the rest of the request runs as that caller (see
+//! `sandpit_core::tenant`), so the core's one sandbox lookup enforces tenant isolation
+//! for every route and dialect.
+
+use std::future::Future;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use subtle::ConstantTimeEq;
+use sandpit_core::tenant::{self, Caller};
 
+use crate::compat::AuthFailure;
 use crate::{ApiError, AppState};
 
 pub async fn require_token(
@@ -13,26 +19,44 @@ pub async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.token {
-        if !bearer_matches(req.headers(), expected) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token (Authorization: Bearer <token>)",
-            ));
-        }
-    }
-    Ok(next.run(req).await)
+    let caller = caller_of(&state, req.headers()).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        )
+    })?;
+    Ok(run_as(caller, next.run(req)).await)
 }
 
-/// Whether the request's `Authorization: Bearer <token>` carries `expected` (constant time).
-pub(crate) fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+/// The caller a request's `Authorization: Bearer <key>` names; without any configured key
+/// (open loopback mode) everyone is the admin.
+pub(crate) fn caller_of(state: &AppState, headers: &HeaderMap) -> Result<Caller, AuthFailure> {
+    if !state.keys.enabled() {
+        return Ok(Caller::admin());
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(AuthFailure::Missing);
+    };
+    let key = value
+        .to_str()
+        .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+        .ok_or(AuthFailure::Wrong)?;
+    state.keys.resolve(key).ok_or(AuthFailure::Wrong)
+}
+
+/// Runs a request's handler as `caller`; a quota refusal's 429 gets its `Retry-After`.
+pub(crate) async fn run_as(caller: Caller, f: impl Future<Output = Response>) -> Response {
+    let retry = caller.clone();
+    let mut resp = tenant::scope(caller, f).await;
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(n) = retry.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(n));
+        }
+    }
+    resp
 }
 
 /// Query parameter that carries a port's public token.
@@ -43,10 +67,10 @@ pub(crate) const PORT_TOKEN_HEADER: &str = "x-sandpit-port-token";
 pub(crate) const PORT_TOKEN_COOKIE: &str = "sandpit_port_token";
 
 /// How a request to a sandbox's port got in.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum PortAccess {
-    /// The server has no token, or the request carries the bearer token.
-    Bearer,
+    /// The server has no token, or the request carries an API key: it runs as its caller.
+    Bearer(Caller),
     /// The port's public token, in a header or cookie.
     PortToken,
     /// The port's public token, in the query string: the answer sets the cookie.
@@ -62,11 +86,8 @@ pub(crate) fn port_access(
     id: &str,
     port: u16,
 ) -> Result<PortAccess, ApiError> {
-    let Some(expected) = &state.token else {
-        return Ok(PortAccess::Bearer);
-    };
-    if bearer_matches(&parts.headers, expected) {
-        return Ok(PortAccess::Bearer);
+    if let Ok(caller) = caller_of(state, &parts.headers) {
+        return Ok(PortAccess::Bearer(caller));
     }
     let valid = |t: &str| !t.is_empty() && state.manager.port_token_valid(id, port, t);
     if let Some(t) = query_token(parts.uri.query()) {

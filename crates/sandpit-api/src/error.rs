@@ -42,6 +42,7 @@ impl From<CoreError> for ApiError {
             "internal" => StatusCode::INTERNAL_SERVER_ERROR,
             "not_supported" => StatusCode::NOT_IMPLEMENTED,
             "git_failed" => StatusCode::BAD_GATEWAY,
+            "quota_exceeded" => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
         Self::new(status, code, e.to_string())

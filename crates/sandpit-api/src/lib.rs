@@ -31,6 +31,8 @@ pub struct AppState {
     pub manager: Arc<SandboxManager>,
     /// Bearer token required on every route but `/health` and `/openapi.json`; `None` disables auth.
     pub token: Option<Arc<str>>,
+    /// Every accepted API key (tenants' and the token), hashed; none = open API.
+    pub keys: Arc<sandpit_core::tenant::Keys>,
     pub metrics: PrometheusHandle,
     /// Largest file upload accepted, in bytes.
     pub max_upload_bytes: u64,
@@ -173,6 +175,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/sandboxes/{id}/sleep", post(routes::snapshots::sleep))
         .route("/v1/sandboxes/{id}/wake", post(routes::snapshots::wake))
+        .route("/v1/tenant", get(routes::tenant::get))
         .route("/metrics", get(routes::ops::metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(files)

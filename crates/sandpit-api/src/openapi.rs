@@ -20,7 +20,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::routes::files::EntryView;
 use crate::routes::{
-    contexts, exec, files, git, ops, ports, processes, pty, sandboxes, sessions, snapshots,
+    contexts, exec, files, git, ops, ports, processes, pty, sandboxes, sessions, snapshots, tenant,
 };
 
 /// Paths anyone may call: outside the bearer-token layer in [`crate::router`].
@@ -55,6 +55,7 @@ const BEARER: &str = "bearer_auth";
         snapshots::create, snapshots::list, snapshots::get, snapshots::delete,
         snapshots::restore, snapshots::sleep, snapshots::wake,
         crate::docs::page,
+        tenant::get,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Auth, &Reasons, &PerMethodIds),
@@ -71,6 +72,7 @@ const BEARER: &str = "bearer_auth";
         (name = "ops", description = "Health, metrics and this document"),
         (name = "ports", description = "HTTP and WebSocket to ports inside a sandbox, and public port tokens"),
         (name = "snapshots", description = "Archives of a sandbox's files in object storage, and restoring them"),
+        (name = "tenants", description = "The caller's tenant, quotas and usage"),
     )
 )]
 struct ApiDoc;

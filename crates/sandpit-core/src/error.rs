@@ -36,6 +36,9 @@ pub enum CoreError {
     /// The snapshot storage failed (unreachable, refused, corrupt object).
     #[error("snapshot storage: {0}")]
     Storage(String),
+    /// A tenant's quota is used up; a retry may succeed after `retry_after` seconds.
+    #[error("{message}")]
+    QuotaExceeded { message: String, retry_after: u64 },
 }
 
 impl CoreError {
@@ -69,6 +72,7 @@ impl CoreError {
             Self::GitFailed(_) => "git_failed",
             Self::SnapshotNotFound(_) => "snapshot_not_found",
             Self::Storage(_) => "storage_error",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
         }
     }
 

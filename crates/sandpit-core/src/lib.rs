@@ -12,6 +12,7 @@ pub mod model;
 mod network;
 pub mod snapshot;
 pub mod store;
+pub mod tenant;
 
 pub use error::CoreError;
 pub use manager::valid_id;

@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::snapshot::ObjectStorage;
 use crate::store::{PortToken, Store};
+use crate::tenant::{self, Caller};
 use crate::CoreError;
 
 mod snapshots;
@@ -51,6 +52,7 @@ impl Default for CoreConfig {
                 memory_mb: Some(2048),
                 cpus: Some(2.0),
                 pids: Some(1024),
+                open_files: None,
             },
             default_timeout_ms: 120_000,
             max_output_bytes: 10 * 1024 * 1024,
@@ -106,6 +108,8 @@ pub struct SandboxManager {
     events: Events,
     /// Where snapshots go; the local default under the data dir unless set.
     storage: std::sync::OnceLock<Arc<ObjectStorage>>,
+    /// Creation times (ms) of each tenant's sandboxes in the last minute, for its rate quota.
+    creations: Mutex<HashMap<String, std::collections::VecDeque<i64>>>,
 }
 
 /// The session that commands naming no other run in, created on first use.
@@ -205,6 +209,7 @@ impl SandboxManager {
             sandboxes: RwLock::new(HashMap::new()),
             shell,
             storage: std::sync::OnceLock::new(),
+            creations: Mutex::default(),
         })
     }
 
@@ -220,9 +225,12 @@ impl SandboxManager {
         self.sandboxes.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The one lookup of a sandbox by id: another tenant's sandbox is `NotFound`, exactly
+    /// like one that does not exist.
     fn handle(&self, id: &str) -> Result<Arc<Handle>, CoreError> {
         self.map()
             .get(id)
+            .filter(|h| tenant::visible(&h.record().tenant))
             .cloned()
             .ok_or_else(|| CoreError::NotFound(id.to_string()))
     }
@@ -357,6 +365,10 @@ impl SandboxManager {
         let network =
             crate::network::policy(self.runtime.as_ref(), req.network.as_deref(), &req.allow)
                 .await?;
+        let caller = tenant::current();
+        let owner = caller
+            .as_ref()
+            .map_or(tenant::DEFAULT_TENANT.to_string(), |c| c.tenant.to_string());
         for key in req.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(CoreError::BadRequest(format!(
@@ -367,8 +379,13 @@ impl SandboxManager {
         let now = now_ms();
         let handle = {
             let mut map = self.map_mut();
+            // Ids are one namespace for all tenants: the answer is the same whoever holds it.
             if map.contains_key(&id) {
                 return Err(CoreError::AlreadyExists(id));
+            }
+            if let Some(c) = caller.as_ref().filter(|c| !c.admin) {
+                self.check_quotas(&map, c, limits.memory_mb, None)?;
+                self.check_rate(c)?;
             }
             let used: HashSet<u32> = map.values().map(|h| h.record().slot).collect();
             let slot = (0..).find(|s| !used.contains(s)).unwrap_or(0);
@@ -390,6 +407,7 @@ impl SandboxManager {
                     .sleep_after_seconds
                     .unwrap_or(self.cfg.default_sleep_after_seconds),
                 snapshot_on_expiry: req.snapshot_on_expiry.unwrap_or(false),
+                tenant: owner,
             });
             map.insert(id.clone(), handle.clone());
             handle
@@ -436,7 +454,145 @@ impl SandboxManager {
             memory_mb: req.memory_mb.or(d.memory_mb),
             cpus: req.cpus.or(d.cpus),
             pids: req.pids.or(d.pids),
+            open_files: req.open_files.or(d.open_files),
         };
+        check_limits(&limits)?;
+        Ok(limits)
+    }
+
+    /// Refuses a sandbox (new, or one whose memory grows to `memory_mb`) that would take
+    /// the caller's tenant past its sandbox count or memory quota. `replacing` is the id of
+    /// a sandbox whose own memory is not counted (it is being changed).
+    fn check_quotas(
+        &self,
+        map: &HashMap<String, Arc<Handle>>,
+        c: &Caller,
+        memory_mb: Option<u64>,
+        replacing: Option<&str>,
+    ) -> Result<(), CoreError> {
+        let q = c.quotas;
+        let mine: Vec<Limits> = map
+            .values()
+            .map(|h| h.record())
+            .filter(|r| *r.tenant == *c.tenant && Some(r.id.as_str()) != replacing)
+            .map(|r| r.limits)
+            .collect();
+        if let (Some(max), None) = (q.max_sandboxes, replacing) {
+            if mine.len() as u64 >= max {
+                return Err(refuse(
+                    c,
+                    format!(
+                        "quota exceeded: tenant '{}' has {}/{max} sandboxes (max_sandboxes); \
+                         delete one first",
+                        c.tenant,
+                        mine.len()
+                    ),
+                    5,
+                ));
+            }
+        }
+        if let Some(max) = q.max_memory_mb {
+            let Some(want) = memory_mb else {
+                return Err(CoreError::BadRequest(format!(
+                    "limits.memory_mb is required: tenant '{}' has a memory quota and the \
+                     server has no default memory limit",
+                    c.tenant
+                )));
+            };
+            let used: u64 = mine.iter().map(|l| l.memory_mb.unwrap_or(max)).sum();
+            if used.saturating_add(want) > max {
+                return Err(refuse(
+                    c,
+                    format!(
+                        "quota exceeded: tenant '{}' uses {used}/{max} MB of memory \
+                         (max_memory_mb) and this sandbox asks {want} MB",
+                        c.tenant
+                    ),
+                    5,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a creation against the tenant's `creations_per_minute` (a 60-second sliding
+    /// window), or refuses it with the seconds until the oldest one leaves the window.
+    fn check_rate(&self, c: &Caller) -> Result<(), CoreError> {
+        let Some(max) = c.quotas.creations_per_minute else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let mut all = self.creations.lock().unwrap_or_else(|p| p.into_inner());
+        let times = all.entry(c.tenant.to_string()).or_default();
+        while times.front().is_some_and(|t| now - t >= 60_000) {
+            times.pop_front();
+        }
+        if times.len() as u64 >= max {
+            let oldest = times.front().copied().unwrap_or(now);
+            let wait = ((oldest + 60_000 - now).max(0) as u64)
+                .div_ceil(1000)
+                .max(1);
+            return Err(refuse(
+                c,
+                format!(
+                    "quota exceeded: tenant '{}' created {}/{max} sandboxes in the last minute \
+                     (creations_per_minute); retry in {wait} s",
+                    c.tenant,
+                    times.len()
+                ),
+                wait,
+            ));
+        }
+        times.push_back(now);
+        Ok(())
+    }
+
+    /// The caller's tenant, its quotas and what it uses of them.
+    pub fn tenant_info(&self) -> tenant::TenantInfo {
+        let c = tenant::current().unwrap_or_else(Caller::admin);
+        let (mut sandboxes, mut memory_mb) = (0u64, 0u64);
+        for h in self.map().values() {
+            let r = h.record();
+            if *r.tenant == *c.tenant {
+                sandboxes += 1;
+                memory_mb += r.limits.memory_mb.unwrap_or(0);
+            }
+        }
+        let now = now_ms();
+        let creations_last_minute = self
+            .creations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&*c.tenant)
+            .map_or(0, |t| {
+                t.iter().filter(|t| now - **t < 60_000).count() as u64
+            });
+        tenant::TenantInfo {
+            tenant: c.tenant.to_string(),
+            admin: c.admin,
+            quotas: c.quotas,
+            usage: tenant::Usage {
+                sandboxes,
+                memory_mb,
+                creations_last_minute,
+            },
+        }
+    }
+}
+
+/// A quota refusal; the caller's scope carries `retry_after` to the HTTP answer.
+fn refuse(c: &Caller, message: String, retry_after: u64) -> CoreError {
+    c.retry_after
+        .store(retry_after, std::sync::atomic::Ordering::Relaxed);
+    CoreError::QuotaExceeded {
+        message,
+        retry_after,
+    }
+}
+
+/// Checks limits a client asked for (or the defaults).
+fn check_limits(limits: &Limits) -> Result<(), CoreError> {
+    {
         if let Some(m) = limits.memory_mb {
             if !(16..=1 << 24).contains(&m) {
                 return Err(CoreError::BadRequest(format!(
@@ -460,16 +616,33 @@ impl SandboxManager {
                 )));
             }
         }
-        Ok(limits)
+        if let Some(n) = limits.open_files {
+            if !(64..=1 << 20).contains(&n) {
+                return Err(CoreError::BadRequest(format!(
+                    "limits.open_files must be between 64 and {}",
+                    1u64 << 20
+                )));
+            }
+        }
     }
+    Ok(())
+}
 
+impl SandboxManager {
     /// A sandbox's state; asking about a sandbox counts as activity on it.
     pub fn get(&self, id: &str) -> Result<Sandbox, CoreError> {
         self.touch(id)
     }
 
+    /// The caller's sandboxes (every sandbox for the admin).
     pub fn list(&self) -> Vec<Sandbox> {
-        let mut all: Vec<Sandbox> = self.map().values().map(|h| h.record().view()).collect();
+        let mut all: Vec<Sandbox> = self
+            .map()
+            .values()
+            .map(|h| h.record())
+            .filter(|r| tenant::visible(&r.tenant))
+            .map(|r| r.view())
+            .collect();
         all.sort_by(|a, b| {
             a.created_at
                 .cmp(&b.created_at)
@@ -497,6 +670,9 @@ impl SandboxManager {
 
     pub fn update(&self, id: &str, req: UpdateSandbox) -> Result<Sandbox, CoreError> {
         let h = self.handle(id)?;
+        if let Some(l) = req.limits {
+            self.update_limits(&h, l)?;
+        }
         let rec = {
             let mut r = h.record();
             if let Some(k) = req.keepalive_seconds {
@@ -515,6 +691,49 @@ impl SandboxManager {
         Ok(rec.view())
     }
 
+    /// Changes the limits of a sandbox: through its cgroup (and the agent's RLIMIT_NOFILE)
+    /// while it runs, and in its record, so a restart applies them too.
+    fn update_limits(&self, h: &Handle, req: crate::model::LimitsRequest) -> Result<(), CoreError> {
+        // Held across the check and the change, so two updates cannot both pass a quota.
+        let map = self.map_mut();
+        let (id, current, running, launched) = {
+            let r = h.record();
+            (
+                r.id.clone(),
+                r.limits,
+                r.status == Status::Running,
+                r.launched,
+            )
+        };
+        let merged = Limits {
+            memory_mb: req.memory_mb.or(current.memory_mb),
+            cpus: req.cpus.or(current.cpus),
+            pids: req.pids.or(current.pids),
+            open_files: req.open_files.or(current.open_files),
+        };
+        check_limits(&merged)?;
+        if let Some(c) = tenant::current().filter(|c| !c.admin) {
+            if req.memory_mb.is_some() {
+                self.check_quotas(&map, &c, merged.memory_mb, Some(&id))?;
+            }
+        }
+        let change = Limits {
+            memory_mb: req.memory_mb,
+            cpus: req.cpus,
+            pids: req.pids,
+            open_files: req.open_files,
+        };
+        if running {
+            self.runtime
+                .update_limits(&id, launched, &change)
+                .map_err(|e| CoreError::BadRequest(format!("cannot change limits: {e}")))?;
+        }
+        h.record().limits = merged;
+        drop(map);
+        tracing::info!(sandbox = %id, ?merged, "limits changed");
+        Ok(())
+    }
+
     /// Marks activity on the sandbox: its expiry moves out.
     pub fn touch(&self, id: &str) -> Result<Sandbox, CoreError> {
         let h = self.handle(id)?;
@@ -529,10 +748,14 @@ impl SandboxManager {
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), CoreError> {
-        let h = self
-            .map_mut()
-            .remove(id)
-            .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
+        let h = {
+            let mut map = self.map_mut();
+            let mine = map
+                .get(id)
+                .is_some_and(|h| tenant::visible(&h.record().tenant));
+            mine.then(|| map.remove(id)).flatten()
+        }
+        .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
         let _life = h.life.lock().await;
         let launched = h.record().launched;
         if let Err(e) = self.runtime.destroy(id, launched).await {

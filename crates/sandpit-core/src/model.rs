@@ -58,6 +58,8 @@ pub struct Record {
     pub sleep_after_seconds: u64,
     /// Snapshot the sandbox (its whole writable root) before it expires.
     pub snapshot_on_expiry: bool,
+    /// The tenant that owns it ([`crate::tenant::DEFAULT_TENANT`] without tenants).
+    pub tenant: String,
 }
 
 impl Record {
@@ -86,6 +88,7 @@ impl Record {
             warnings: self.warnings.clone(),
             sleep_after_seconds: self.sleep_after_seconds,
             snapshot_on_expiry: self.snapshot_on_expiry,
+            tenant: self.tenant.clone(),
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct Sandbox {
     pub warnings: Vec<String>,
     pub sleep_after_seconds: u64,
     pub snapshot_on_expiry: bool,
+    /// The tenant that owns the sandbox.
+    pub tenant: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -146,6 +151,8 @@ pub struct LimitsRequest {
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    /// Most open files per process (RLIMIT_NOFILE), 64 to 1048576.
+    pub open_files: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -154,6 +161,9 @@ pub struct UpdateSandbox {
     pub keepalive_seconds: Option<u64>,
     pub sleep_after_seconds: Option<u64>,
     pub snapshot_on_expiry: Option<bool>,
+    /// New limits of the running sandbox (memory, cpus, pids; applied through its cgroup);
+    /// a missing field keeps its current value.
+    pub limits: Option<LimitsRequest>,
 }
 
 /// A command to run, as clients send it.
@@ -236,6 +246,7 @@ mod tests {
             network: NetworkPolicy::default(),
             sleep_after_seconds: 0,
             snapshot_on_expiry: false,
+            tenant: "default".into(),
         };
         assert_eq!(r.expires_at(), None);
         r.keepalive_seconds = 5;

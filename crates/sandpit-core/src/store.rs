@@ -61,7 +61,6 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     launched TEXT,
     warnings TEXT NOT NULL
 );
-PRAGMA user_version = 1;
 ";
 
 /// Snapshots (they outlive their sandbox) and the sleep settings of sandboxes, in tables of
@@ -120,6 +119,7 @@ impl SqliteStore {
         conn.execute_batch(PORT_TOKENS_SCHEMA).map_err(db_err)?;
         migrate_network(&conn)?;
         conn.execute_batch(SNAPSHOT_SCHEMA).map_err(db_err)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -128,6 +128,30 @@ impl SqliteStore {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Schema changes after the first version, each guarded by `PRAGMA user_version` and keeping
+/// existing rows.
+fn migrate(conn: &Connection) -> Result<(), CoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if version < 2 {
+        // 2: the owning tenant; sandboxes from before tenants belong to the default one.
+        let has_tenant = conn
+            .prepare("SELECT 1 FROM pragma_table_info('sandboxes') WHERE name = 'tenant'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(db_err)?;
+        if !has_tenant {
+            conn.execute_batch(
+                "ALTER TABLE sandboxes ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';",
+            )
+            .map_err(db_err)?;
+        }
+        conn.execute_batch("PRAGMA user_version = 2;")
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -139,10 +163,10 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         self.conn()
             .execute(
-                "INSERT INTO sandboxes (id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                "INSERT INTO sandboxes (id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings, tenant)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT(id) DO UPDATE SET status=?2, created_at=?3, last_active_at=?4, keepalive_seconds=?5,
-                   slot=?6, limits=?7, env=?8, launched=?9, warnings=?10",
+                   slot=?6, limits=?7, env=?8, launched=?9, warnings=?10, tenant=?11",
                 params![
                     r.id,
                     r.status.as_str(),
@@ -154,6 +178,7 @@ impl Store for SqliteStore {
                     serde_json::to_string(&r.env).map_err(db_err)?,
                     launched,
                     serde_json::to_string(&r.warnings).map_err(db_err)?,
+                    r.tenant,
                 ],
             )
             .map_err(db_err)?;
@@ -193,7 +218,7 @@ impl Store for SqliteStore {
             })
             .map_err(db_err)?;
         let mut stmt = conn
-            .prepare("SELECT id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings FROM sandboxes")
+            .prepare("SELECT id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings, tenant FROM sandboxes")
             .map_err(db_err)?;
         let rows = stmt
             .query_map([], |row| {
@@ -208,6 +233,7 @@ impl Store for SqliteStore {
                     row.get::<_, String>(7)?,
                     row.get::<_, Option<String>>(8)?,
                     row.get::<_, String>(9)?,
+                    row.get::<_, String>(10)?,
                 ))
             })
             .map_err(db_err)?;
@@ -224,6 +250,7 @@ impl Store for SqliteStore {
                 env,
                 launched,
                 warnings,
+                tenant,
             ) = row.map_err(db_err)?;
             let (sleep_after, snapshot_on_expiry) = sleep.get(&id).copied().unwrap_or((0, false));
             out.push(Record {
@@ -243,6 +270,7 @@ impl Store for SqliteStore {
                     .map_err(db_err)?,
                 warnings: serde_json::from_str(&warnings).map_err(db_err)?,
                 network: Default::default(),
+                tenant,
             });
         }
         let mut stmt = conn
@@ -397,6 +425,7 @@ mod tests {
                 memory_mb: Some(64),
                 cpus: Some(0.5),
                 pids: None,
+                open_files: None,
             },
             env: [("K".to_string(), "V".to_string())].into(),
             slot: 3,
@@ -412,6 +441,7 @@ mod tests {
             },
             sleep_after_seconds: 30,
             snapshot_on_expiry: true,
+            tenant: "acme".into(),
         };
         {
             let s = SqliteStore::open(&path).unwrap();
@@ -462,6 +492,29 @@ mod tests {
         assert_eq!(s.snapshot("s3").unwrap(), Some(snap("s3", "b", 0)));
         s.delete_snapshot("s3").unwrap();
         assert_eq!(s.snapshot("s3").unwrap(), None);
+        assert_eq!(all[0].tenant, "acme");
+    }
+
+    #[test]
+    fn a_store_from_before_tenants_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch("PRAGMA user_version = 1;").unwrap();
+            c.execute(
+                "INSERT INTO sandboxes VALUES ('old', 'running', 1, 2, 600, 0, '{\"memory_mb\":64,\"cpus\":null,\"pids\":null}', '{}', NULL, '[]')",
+                [],
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            let all = SqliteStore::open(&path).unwrap().all().unwrap();
+            assert_eq!(all.len(), 1);
+            assert_eq!(all[0].tenant, "default");
+            assert_eq!(all[0].limits.memory_mb, Some(64));
+        }
     }
 
     #[test]

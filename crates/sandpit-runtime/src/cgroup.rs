@@ -227,6 +227,71 @@ impl CgroupSetup {
         Ok((cg, warnings))
     }
 
+    /// Changes the limits of a sandbox's existing cgroup (a `None` limit is left as it is).
+    /// Errors say what the kernel or this host cannot do.
+    pub fn update(&self, id: &str, limits: &Limits) -> Result<(), String> {
+        let io = |e: std::io::Error| match e.raw_os_error() {
+            Some(16) => {
+                "the kernel refused: the sandbox uses more than the new limit and it cannot be \
+                 reclaimed (EBUSY)"
+                    .to_string()
+            }
+            _ => e.to_string(),
+        };
+        let existing = |parent: &Path| {
+            let dir = parent.join(id);
+            dir.is_dir().then_some(dir).ok_or_else(|| {
+                format!("the sandbox has no cgroup at {}", parent.join(id).display())
+            })
+        };
+        match self {
+            Self::Unavailable(why) => Err(format!("limits cannot be changed: {why}")),
+            Self::V1 { memory, pids, cpu } => {
+                if let Some(mb) = limits.memory_mb {
+                    let parent = memory.as_ref().ok_or("no writable memory cgroup")?;
+                    let dir = existing(parent)?;
+                    let bytes = (mb * 1024 * 1024).to_string();
+                    let memsw = dir.join("memory.memsw.limit_in_bytes").exists();
+                    // memsw must stay at least the memory limit: raise it first, lower it last.
+                    if memsw {
+                        let _ = write(&dir, "memory.memsw.limit_in_bytes", &bytes);
+                    }
+                    write(&dir, "memory.limit_in_bytes", &bytes).map_err(io)?;
+                    if memsw {
+                        write(&dir, "memory.memsw.limit_in_bytes", &bytes).map_err(io)?;
+                    }
+                }
+                if let Some(n) = limits.pids {
+                    let parent = pids.as_ref().ok_or("no writable pids cgroup")?;
+                    write(&existing(parent)?, "pids.max", &n.to_string()).map_err(io)?;
+                }
+                if let Some(cpus) = limits.cpus {
+                    let parent = cpu
+                        .as_ref()
+                        .ok_or("the cpu limit cannot be changed: no cpu hierarchy")?;
+                    let dir = existing(parent)?;
+                    write(&dir, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string()).map_err(io)?;
+                    write(&dir, "cpu.cfs_quota_us", &quota(cpus).to_string()).map_err(io)?;
+                }
+                Ok(())
+            }
+            Self::V2 { parent } => {
+                let dir = existing(parent)?;
+                if let Some(mb) = limits.memory_mb {
+                    write(&dir, "memory.max", &(mb * 1024 * 1024).to_string()).map_err(io)?;
+                }
+                if let Some(n) = limits.pids {
+                    write(&dir, "pids.max", &n.to_string()).map_err(io)?;
+                }
+                if let Some(cpus) = limits.cpus {
+                    write(&dir, "cpu.max", &format!("{} {CPU_PERIOD_US}", quota(cpus)))
+                        .map_err(io)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The cgroup directories `id` would have (whether or not they exist).
     pub fn dirs_of(&self, id: &str) -> SandboxCgroup {
         let dirs = match self {
@@ -414,6 +479,7 @@ mod tests {
             memory_mb: Some(64),
             cpus: Some(0.5),
             pids: Some(32),
+            open_files: None,
         };
         let (cg, warnings) = setup.create("sb", &limits).unwrap();
         assert!(warnings.is_empty());
@@ -439,6 +505,7 @@ mod tests {
             memory_mb: Some(16),
             cpus: Some(1.0),
             pids: Some(8),
+            open_files: None,
         };
         let (cg, _) = setup.create("sb", &limits).unwrap();
         assert_eq!(cg.dirs.len(), 2);

@@ -26,6 +26,9 @@ pub struct Limits {
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    /// RLIMIT_NOFILE of the agent and everything it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
 }
 
 /// What the runtime needs to start (or restart) a sandbox.
@@ -92,5 +95,18 @@ pub trait Runtime: Send + Sync {
     /// Why this runtime cannot give sandboxes egress networking, or `None` when it can.
     fn egress_unsupported(&self) -> Option<String> {
         Some("this runtime has no egress networking".into())
+    }
+
+    /// Changes the memory, cpu, pids and open-files limits of a running sandbox
+    /// (`None` = unchanged; open files apply to processes started from then on);
+    /// the error says what cannot be changed and why.
+    fn update_limits(
+        &self,
+        id: &str,
+        launched: Option<Launched>,
+        limits: &Limits,
+    ) -> Result<(), String> {
+        let _ = (id, launched, limits);
+        Err("this runtime cannot change limits of a running sandbox".into())
     }
 }

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::cgroup::{self, CgroupSetup};
 use crate::jail::{start_time, JailConfig, SubordinateIds};
-use crate::{LaunchSpec, Launched, Runtime, RuntimeError};
+use crate::{LaunchSpec, Launched, Limits, Runtime, RuntimeError};
 
 /// How many uids/gids each sandbox gets when the server runs as root.
 pub const IDS_PER_SANDBOX: u32 = 65536;
@@ -156,6 +156,22 @@ fn in_path(tool: &str) -> bool {
 }
 
 /// The server user's subordinate uid and gid ranges, if it has both and the helpers exist.
+/// Sets RLIMIT_NOFILE (soft and hard) of the sandbox's agent, which every process it
+/// starts inherits.
+fn set_open_files(pid: i32, n: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: n as libc::rlim_t,
+        rlim_max: n as libc::rlim_t,
+    };
+    // SAFETY: prlimit on a pid with a valid, initialized rlimit and no old-limit pointer.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn subordinate_ids() -> Option<SubordinateIds> {
     let helpers = ["newuidmap", "newgidmap"].iter().all(|h| in_path(h));
     if !helpers {
@@ -256,6 +272,13 @@ impl Runtime for NativeRuntime {
                 ),
             )
         })?;
+        if let Some(n) = spec.limits.open_files {
+            if let Err(e) = set_open_files(launched.pid, n) {
+                self.kill_init(Some(launched)).await;
+                cgroup::destroy(&cg);
+                return Err(Self::err(&id, format!("setting limits.open_files: {e}")));
+            }
+        }
         Ok((launched, warnings))
     }
 
@@ -323,6 +346,21 @@ impl Runtime for NativeRuntime {
             .into_iter()
             .find(|tool| !in_path(tool))
             .map(|tool| format!("network \"egress\" needs {tool}, which is not installed"))
+    }
+
+    fn update_limits(
+        &self,
+        id: &str,
+        launched: Option<Launched>,
+        limits: &Limits,
+    ) -> Result<(), String> {
+        self.cgroups.update(id, limits)?;
+        if let (Some(n), Some(l)) = (limits.open_files, launched) {
+            if self.is_alive(&l) {
+                set_open_files(l.pid, n).map_err(|e| format!("limits.open_files: {e}"))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ pub mod rlm;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, OriginalUri, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -137,21 +137,16 @@ async fn authorize(
     req: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &state.token {
-        if !dialect.public.contains(&req.uri().path()) {
-            let failure = if !req.headers().contains_key(header::AUTHORIZATION) {
-                Some(AuthFailure::Missing)
-            } else if !crate::auth::bearer_matches(req.headers(), expected) {
-                Some(AuthFailure::Wrong)
-            } else {
-                None
-            };
-            if let Some(failure) = failure {
-                return (dialect.unauthorized)(failure).into_response();
-            }
+    // Public paths answer without a key, as a caller that sees no sandbox.
+    let caller = if state.keys.enabled() && dialect.public.contains(&req.uri().path()) {
+        sandpit_core::tenant::Caller::nobody()
+    } else {
+        match crate::auth::caller_of(&state, req.headers()) {
+            Ok(caller) => caller,
+            Err(failure) => return (dialect.unauthorized)(failure).into_response(),
         }
-    }
-    next.run(req).await
+    };
+    crate::auth::run_as(caller, next.run(req)).await
 }
 
 async fn method_not_allowed(method: Method, uri: OriginalUri) -> CompatError {

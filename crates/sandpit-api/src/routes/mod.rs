@@ -11,3 +11,4 @@ pub mod pty;
 pub mod sandboxes;
 pub mod sessions;
 pub mod snapshots;
+pub mod tenant;

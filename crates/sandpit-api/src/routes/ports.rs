@@ -281,7 +281,14 @@ async fn serve(
         path_and_query,
         prefix,
     };
-    let mut resp = proxy(&s.manager, target, req).await?;
+    // With an API key the proxy runs as its caller (another tenant's sandbox is not
+    // found); a port token opens exactly this sandbox's port.
+    let mut resp = match &access {
+        PortAccess::Bearer(caller) => {
+            sandpit_core::tenant::scope(caller.clone(), proxy(&s.manager, target, req)).await
+        }
+        _ => proxy(&s.manager, target, req).await,
+    }?;
     if let PortAccess::PortTokenInQuery(token) = access {
         let cookie =
             format!("{PORT_TOKEN_COOKIE}={token}; Path={cookie_path}; HttpOnly; SameSite=Lax");

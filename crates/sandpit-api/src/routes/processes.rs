@@ -173,7 +173,8 @@ fn async_stream(
     offsets: (u64, u64),
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
-    tokio::spawn(async move {
+    // Task-locals do not cross `spawn`: the follower looks the sandbox up as the caller.
+    tokio::spawn(sandpit_core::tenant::inherit(async move {
         let (mut out_off, mut err_off) = offsets;
         loop {
             let chunk = match manager
@@ -217,7 +218,7 @@ fn async_stream(
                 tokio::time::sleep(FOLLOW_EVERY).await;
             }
         }
-    });
+    }));
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
 }
 

@@ -14,8 +14,12 @@ use crate::{ApiError, AppState};
     request_body = CreateSandbox,
     responses((status = 201, body = Sandbox),
         (status = 400, description = "`invalid_id`, `bad_request` (limits, env, network, allow), `invalid_json`", body = ErrorBody),
-        (status = 409, description = "`already_exists`", body = ErrorBody),
+        (status = 409, description = "`already_exists`: the id is taken (by any tenant: the answer \
+            is the same, and says nothing of whose it is)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: a quota of the caller's tenant \
+            (max_sandboxes, max_memory_mb, creations_per_minute) is used up; `Retry-After` \
+            says when to retry", body = ErrorBody),
         (status = 501, description = "`not_supported`: `network: \"egress\"` on a server that cannot enforce it (rootless, slirp4netns missing)", body = ErrorBody),
         AgentErrors))]
 pub async fn create(
@@ -44,11 +48,16 @@ pub async fn get(
     Ok(Json(s.manager.get(&id)?))
 }
 
-/// Changes a sandbox's keepalive; its expiry is recomputed from now.
+/// Changes a sandbox's keepalive (its expiry is recomputed from now) and, with `limits`, the
+/// memory, cpus, pids and open files of the running sandbox (through its cgroup; open files
+/// apply to processes started from then on). The new limits are kept across restarts.
 #[utoipa::path(patch, path = "/v1/sandboxes/{id}", tag = "sandboxes", operation_id = "update_sandbox",
     params(SandboxPath), request_body = UpdateSandbox,
     responses((status = 200, body = Sandbox),
-        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`; `bad_request`: a limit out of range, or one \
+            the kernel or host cannot change (the message says which)", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: more memory than the tenant's \
+            max_memory_mb", body = ErrorBody),
         (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 500, description = "`internal`", body = ErrorBody)))]
