@@ -105,7 +105,7 @@ fn exec_as(s: &Server, key: &str, id: &str, command: &str) -> Resp {
 #[test]
 fn tenants_see_and_touch_only_their_own_sandboxes() {
     let (server, _cfg) = server_with("");
-    let a = unique("acme-box");
+    let a = unique("boxa");
     let created = create_as(&server, ACME, &json!({ "id": a }));
     assert_eq!(created["tenant"], "acme", "{created}");
     // A second key of the same tenant is the same tenant.
@@ -172,7 +172,11 @@ fn tenants_see_and_touch_only_their_own_sandboxes() {
         (Method::GET, f("/list", "/workspace"), None),
         (Method::GET, f("/stat", "/workspace/s.txt"), None),
         (Method::DELETE, f("", "/workspace/s.txt"), None),
-        (Method::POST, f("/mkdir", "/workspace/x"), None),
+        (
+            Method::POST,
+            format!("/v1/sandboxes/{a}/files/mkdir"),
+            Some(json!({"path": "/workspace/x"})),
+        ),
         (Method::GET, format!("/v1/sandboxes/{a}/sessions"), None),
         (
             Method::POST,
