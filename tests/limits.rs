@@ -179,27 +179,29 @@ fn cpu_limit_throttles() {
 }
 
 #[test]
-fn open_files_limit_holds_and_can_be_raised_while_running() {
+fn open_files_limit_holds_and_can_be_changed_while_running() {
     let server = Server::start();
-    let (id, sb) = limited(&server, json!({ "open_files": 100 }));
-    assert_eq!(sb["limits"]["open_files"], 100, "{sb}");
-    assert_eq!(server.run_ok(&id, "ulimit -n; ulimit -Hn"), "100\n100\n");
-    // Opening 200 files stops at the limit with EMFILE.
-    let script = "import os\n\
+    let (id, sb) = limited(&server, json!({ "open_files": 300 }));
+    assert_eq!(sb["limits"]["open_files"], 300, "{sb}");
+    assert_eq!(server.run_ok(&id, "ulimit -n; ulimit -Hn"), "300\n300\n");
+    // Opening 400 files stops at the limit with EMFILE; the limit cannot be raised inside.
+    let script = "import os, resource\n\
                   fds = []\n\
                   try:\n\
-                  \x20   for i in range(200): fds.append(os.open('/dev/null', os.O_RDONLY))\n\
+                  \x20   for i in range(400): fds.append(os.open('/dev/null', os.O_RDONLY))\n\
                   except OSError as e:\n\
-                  \x20   print(len(fds), e.errno)\n";
+                  \x20   print(len(fds), e.errno)\n\
+                  try:\n\
+                  \x20   resource.setrlimit(resource.RLIMIT_NOFILE, (1000, 1000)); print('raised')\n\
+                  except (ValueError, OSError):\n\
+                  \x20   print('refused')\n";
     let r = server.exec_json(&id, &json!({ "argv": ["python3", "-c", script] }));
-    let f: Vec<u64> = r
-        .stdout
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    assert_eq!(f.len(), 2, "{r:?}");
-    assert!(f[0] < 100, "{} files opened under open_files=100", f[0]);
-    assert_eq!(f[1], 24, "errno is not EMFILE: {r:?}");
+    let words: Vec<&str> = r.stdout.split_whitespace().collect();
+    assert_eq!(words.len(), 3, "{r:?}");
+    let opened: u64 = words[0].parse().unwrap_or(u64::MAX);
+    assert!(opened < 300, "{opened} files opened under open_files=300");
+    assert_eq!(words[1], "24", "errno is not EMFILE: {r:?}");
+    assert_eq!(words[2], "refused", "raised its own hard limit: {r:?}");
     // Out of range is a clear 400.
     server
         .request_json(
@@ -208,15 +210,30 @@ fn open_files_limit_holds_and_can_be_raised_while_running() {
             &json!({ "limits": { "open_files": 3 } }),
         )
         .expect_error(400, "bad_request");
-    // Raised while it runs: new commands get the new limit; the JSON shows it.
+    // Lowered while it runs: new commands get the new limit; the JSON shows it.
     let r = server.request_json(
         reqwest::Method::PATCH,
         &format!("/v1/sandboxes/{id}"),
-        &json!({ "limits": { "open_files": 300 } }),
+        &json!({ "limits": { "open_files": 100 } }),
     );
     r.expect(200);
-    assert_eq!(r.json()["limits"]["open_files"], 300, "{}", r.text());
-    assert_eq!(server.run_ok(&id, "ulimit -n"), "300\n");
+    assert_eq!(r.json()["limits"]["open_files"], 100, "{}", r.text());
+    assert_eq!(server.run_ok(&id, "ulimit -n"), "100\n");
+    assert_eq!(server.sandbox(&id)["limits"]["open_files"], 100);
+    // Raising past the hard limit needs CAP_SYS_RESOURCE: done, or refused saying so.
+    let r = server.request_json(
+        reqwest::Method::PATCH,
+        &format!("/v1/sandboxes/{id}"),
+        &json!({ "limits": { "open_files": 1000 } }),
+    );
+    if r.status == 200 {
+        assert_eq!(server.run_ok(&id, "ulimit -n"), "1000\n");
+    } else {
+        r.expect_error(400, "bad_request");
+        assert!(r.text().contains("CAP_SYS_RESOURCE"), "{}", r.text());
+        assert_eq!(server.sandbox(&id)["limits"]["open_files"], 100);
+        assert_eq!(server.run_ok(&id, "ulimit -n"), "100\n");
+    }
 }
 
 #[test]

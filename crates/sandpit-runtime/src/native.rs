@@ -354,13 +354,18 @@ impl Runtime for NativeRuntime {
         launched: Option<Launched>,
         limits: &Limits,
     ) -> Result<(), String> {
-        self.cgroups.update(id, limits)?;
         if let (Some(n), Some(l)) = (limits.open_files, launched) {
             if self.is_alive(&l) {
-                set_open_files(l.pid, n).map_err(|e| format!("limits.open_files: {e}"))?;
+                set_open_files(l.pid, n).map_err(|e| match e.raw_os_error() {
+                    Some(libc::EPERM) => format!(
+                        "limits.open_files cannot be raised to {n} above the sandbox's current \
+                         hard limit: the server lacks CAP_SYS_RESOURCE (lowering works)"
+                    ),
+                    _ => format!("limits.open_files: {e}"),
+                })?;
             }
         }
-        Ok(())
+        self.cgroups.update(id, limits)
     }
 }
 
