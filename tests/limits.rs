@@ -389,3 +389,38 @@ fn cpu_share_is_honoured_under_contention() {
         "after lowering to 0.2: {c:.2} s (before {cb:.2} s)"
     );
 }
+
+#[test]
+fn output_and_upload_caps_are_visible_and_clear() {
+    let dir = tempfile::tempdir().expect("config dir");
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        "max_upload_mb = 1\n[defaults]\nmax_output_bytes = 1000\n",
+    )
+    .expect("config");
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--config".into(), cfg.display().to_string()],
+        ..Default::default()
+    });
+    let me = server.request(reqwest::Method::GET, "/v1/tenant");
+    me.expect(200);
+    let caps = me.json()["server_limits"].clone();
+    assert_eq!(caps["max_output_bytes"], 1000, "{caps}");
+    assert_eq!(caps["max_upload_bytes"], 1 << 20, "{caps}");
+    let id = server.new_sandbox();
+    let r = server.exec(&id, "head -c 5000 /dev/zero | tr '\\0' a");
+    assert!(r.truncated, "{r:?}");
+    assert_eq!(r.stdout.len(), 1000);
+    let small = server.exec(&id, "echo hi");
+    assert!(!small.truncated, "{small:?}");
+    let r = server.request_bytes(
+        reqwest::Method::PUT,
+        &Server::files_path(&id, "", "/workspace/big"),
+        vec![b'x'; 2 << 20],
+    );
+    r.expect_error(413, "payload_too_large");
+    assert!(r.text().contains("1048576"), "{}", r.text());
+    server.put_file(&id, "/workspace/ok", b"fits");
+    assert_eq!(server.get_file(&id, "/workspace/ok"), b"fits");
+}

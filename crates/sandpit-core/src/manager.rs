@@ -576,6 +576,10 @@ impl SandboxManager {
                 memory_mb,
                 creations_last_minute,
             },
+            server_limits: tenant::ServerLimits {
+                max_output_bytes: self.cfg.max_output_bytes as u64,
+                max_upload_bytes: 0,
+            },
         }
     }
 }

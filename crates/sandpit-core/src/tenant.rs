@@ -41,6 +41,16 @@ pub struct TenantInfo {
     pub admin: bool,
     pub quotas: Quotas,
     pub usage: Usage,
+    /// Caps of the server that apply to every sandbox.
+    pub server_limits: ServerLimits,
+}
+
+/// Server-wide caps: output kept per stream of a buffered exec (more is cut and the
+/// answer says `truncated: true`), and the largest file upload (more answers 413).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ServerLimits {
+    pub max_output_bytes: u64,
+    pub max_upload_bytes: u64,
 }
 
 /// Who a request comes from.
