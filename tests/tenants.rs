@@ -367,6 +367,49 @@ fn tenants_see_and_touch_only_their_own_sandboxes() {
     .expect(200);
     assert!(ids_as(&server, ACME).contains(&a));
 
+    // kapin: get-or-create and exec are 404; its cleanup of a "missing" sandbox kills nothing.
+    let keeper = call(
+        &server,
+        ACME,
+        Method::POST,
+        &format!("/v1/sandboxes/{a}/processes"),
+        Some(&json!({"id": "keeper", "command": "sleep 300"})),
+    );
+    assert_eq!(keeper.status / 100, 2, "{}", keeper.text());
+    let k = call(
+        &server,
+        GLOBEX,
+        Method::POST,
+        &format!("/compat/kapin/sandboxes/{a}"),
+        None,
+    );
+    assert_eq!(k.status, 404, "kapin get-or-create as globex: {}", k.text());
+    let k = call(
+        &server,
+        GLOBEX,
+        Method::POST,
+        &format!("/compat/kapin/sandboxes/{a}/exec"),
+        Some(&json!({"command": "cat /workspace/s.txt"})),
+    );
+    assert_eq!(k.status, 404, "kapin exec as globex: {}", k.text());
+    assert!(!k.text().contains("secret"), "{}", k.text());
+    let _ = call(
+        &server,
+        GLOBEX,
+        Method::DELETE,
+        &format!("/compat/kapin/sandboxes/{a}"),
+        None,
+    );
+    let p = call(
+        &server,
+        ACME,
+        Method::GET,
+        &format!("/v1/sandboxes/{a}/processes/keeper"),
+        None,
+    );
+    p.expect(200);
+    assert_eq!(p.json()["status"], "running", "{}", p.text());
+
     // Who am I.
     let me = call(&server, ACME2, Method::GET, "/v1/tenant", None);
     me.expect(200);
@@ -623,4 +666,37 @@ fn without_tenants_everything_belongs_to_the_default_tenant() {
         (me["tenant"].clone(), me["admin"].clone()),
         (json!("default"), json!(true))
     );
+}
+
+#[test]
+fn parallel_creations_do_not_overshoot_the_quota() {
+    let extra = format!(
+        "[[tenants]]\nname = \"two\"\nkey_sha256 = \"{}\"\n[tenants.quotas]\nmax_sandboxes = 2\n",
+        hash("two-key")
+    );
+    let (server, _cfg) = server_with(&extra);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    call(
+                        &server,
+                        "two-key",
+                        Method::POST,
+                        "/v1/sandboxes",
+                        Some(&json!({})),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((created, refused), (2, 4), "{statuses:?}");
+    assert_eq!(ids_as(&server, "two-key").len(), 2);
 }

@@ -315,7 +315,9 @@ pub async fn ensure_sandbox(manager: &SandboxManager, id: &str) -> Result<(), Co
         ..CreateSandbox::default()
     };
     match manager.create(req).await {
-        Ok(_) | Err(CoreError::AlreadyExists(_)) => Ok(()),
+        Ok(_) => Ok(()),
+        // Made meanwhile by the caller's tenant (fine), or held by another tenant (not found).
+        Err(CoreError::AlreadyExists(_)) => manager.touch(id).map(drop),
         Err(e) => Err(e),
     }
 }
