@@ -217,6 +217,11 @@ fn tenants_see_and_touch_only_their_own_sandboxes() {
             None,
         ),
         (Method::GET, format!("/v1/sandboxes/{a}/ports/8080/"), None),
+        (
+            Method::POST,
+            format!("/v1/sandboxes/{a}/git/clone"),
+            Some(json!({"url": "https://git.invalid/x.git"})),
+        ),
         (Method::DELETE, format!("/v1/sandboxes/{a}"), None),
     ];
     for (method, path, body) in &attempts {
