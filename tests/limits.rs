@@ -373,9 +373,19 @@ fn cpu_share_is_honoured_under_contention() {
         |r: &ExecResult| -> f64 { r.stdout.trim().parse().unwrap_or_else(|_| panic!("{r:?}")) };
     let (ca, cb) = (cpu(&a), cpu(&b));
     eprintln!("cpu time under contention: cpus=0.2 got {ca:.2} s, cpus=1.0 got {cb:.2} s");
-    assert!(ca > 0.0, "{a:?}");
-    assert!(cb / ca > 2.0, "cpus 1.0 vs 0.2 got {cb:.2} s vs {ca:.2} s");
-    // Lowered while running, the big one is held too.
+    // The quota of 0.2 holds the small one to about 0.8 s of its 4 s, however idle the host.
+    let held = 0.2 * 4.0 * 1.25 + 0.1;
+    assert!(
+        ca > 0.0 && ca <= held,
+        "cpus=0.2 got {ca:.2} s of 4 s: {a:?}"
+    );
+    // The larger share gets at least as much: a generous ratio, since the host's other load
+    // (not ours to control) takes from the big one only. On an idle host it is about 5.
+    assert!(cb / ca >= 1.0, "cpus 1.0 vs 0.2 got {cb:.2} s vs {ca:.2} s");
+    if cb / ca < 2.0 {
+        eprintln!("note: the host is busy; cpus=1.0 got only {cb:.2} s");
+    }
+    // Lowered while running, the big one is held to the new quota too.
     server
         .request_json(
             reqwest::Method::PATCH,
@@ -385,8 +395,8 @@ fn cpu_share_is_honoured_under_contention() {
         .expect(200);
     let c = cpu(&server.exec_json(&big, &json!({ "argv": ["python3", "-c", SPIN] })));
     assert!(
-        c < cb / 2.0,
-        "after lowering to 0.2: {c:.2} s (before {cb:.2} s)"
+        c <= held,
+        "after lowering to 0.2: {c:.2} s of 4 s (before {cb:.2} s)"
     );
 }
 

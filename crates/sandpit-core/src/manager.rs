@@ -594,7 +594,8 @@ fn refuse(c: &Caller, message: String, retry_after: u64) -> CoreError {
     }
 }
 
-/// Checks limits a client asked for (or the defaults).
+/// Checks limits a client asked for (or the defaults). The inner block keeps the checks
+/// at their old indentation (they were the body of `limits`), for easy merges.
 fn check_limits(limits: &Limits) -> Result<(), CoreError> {
     {
         if let Some(m) = limits.memory_mb {
