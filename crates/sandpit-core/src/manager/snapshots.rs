@@ -226,7 +226,7 @@ impl SandboxManager {
             return Err(CoreError::InvalidId(id.to_string()));
         }
         let snaps = self.store.snapshots(Some(id))?;
-        if snaps.is_empty() {
+        if snaps.is_empty() || !self.snapshot_visible(id) {
             self.handle(id)?;
         }
         Ok(snaps.iter().map(SnapshotRecord::view).collect())
@@ -235,7 +235,15 @@ impl SandboxManager {
     fn snapshot_record(&self, snapshot_id: &str) -> Result<SnapshotRecord, CoreError> {
         self.store
             .snapshot(snapshot_id)?
+            .filter(|r| self.snapshot_visible(&r.sandbox_id))
             .ok_or_else(|| CoreError::SnapshotNotFound(format!("'{snapshot_id}'")))
+    }
+
+    /// Whether the caller may use snapshots of sandbox `sandbox_id`: the admin always; a
+    /// tenant only while that sandbox exists and is its own (snapshots carry no owner of
+    /// their own yet, so those of a deleted sandbox are the admin's).
+    fn snapshot_visible(&self, sandbox_id: &str) -> bool {
+        crate::tenant::current().is_none_or(|c| c.admin) || self.handle(sandbox_id).is_ok()
     }
 
     pub fn get_snapshot(&self, snapshot_id: &str) -> Result<Snapshot, CoreError> {
@@ -259,6 +267,11 @@ impl SandboxManager {
         req: &RestoreRequest,
     ) -> Result<SnapshotRecord, CoreError> {
         let from = req.from_sandbox.as_deref().unwrap_or(target);
+        if !self.snapshot_visible(from) {
+            return Err(CoreError::SnapshotNotFound(format!(
+                "'latest' of sandbox '{from}'"
+            )));
+        }
         match req.snapshot.as_deref() {
             None | Some("latest") => self
                 .store
