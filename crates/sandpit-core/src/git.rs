@@ -82,6 +82,38 @@ fn default_dir(url: &str) -> String {
     format!("/workspace/{name}")
 }
 
+/// The environment that hands git `token` (with `username`) through a credential helper of
+/// fixed text, after dropping any helper configured in the sandbox, so the token is never in
+/// an argv, a URL or `.git/config`. Without a token, only the sandbox's helpers are dropped.
+/// Prompts are off either way.
+pub fn credential_env(token: Option<&str>, username: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::from([
+        ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
+        ("GIT_ASKPASS".to_string(), "/bin/false".to_string()),
+        ("SSH_ASKPASS".to_string(), "/bin/false".to_string()),
+        ("GIT_ALLOW_PROTOCOL".to_string(), SCHEMES.join(":")),
+        ("GIT_CONFIG_COUNT".to_string(), "1".to_string()),
+        (
+            "GIT_CONFIG_KEY_0".to_string(),
+            "credential.helper".to_string(),
+        ),
+        ("GIT_CONFIG_VALUE_0".to_string(), String::new()),
+    ]);
+    if let Some(t) = token {
+        env.extend([
+            ("GIT_CONFIG_COUNT".to_string(), "2".to_string()),
+            (
+                "GIT_CONFIG_KEY_1".to_string(),
+                "credential.helper".to_string(),
+            ),
+            ("GIT_CONFIG_VALUE_1".to_string(), HELPER.to_string()),
+            (TOKEN_VAR.to_string(), t.to_string()),
+            (USER_VAR.to_string(), username.to_string()),
+        ]);
+    }
+    env
+}
+
 fn redact(text: &str, secrets: &[&str]) -> String {
     secrets
         .iter()
@@ -115,31 +147,7 @@ impl SandboxManager {
             )));
         }
         let secrets: Vec<&str> = token.iter().map(String::as_str).collect();
-        let mut env = BTreeMap::from([
-            ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
-            ("GIT_ASKPASS".to_string(), "/bin/false".to_string()),
-            ("SSH_ASKPASS".to_string(), "/bin/false".to_string()),
-            ("GIT_ALLOW_PROTOCOL".to_string(), SCHEMES.join(":")),
-            // Any helper configured in the sandbox is dropped first, so the token is never
-            // handed to one that would store it.
-            ("GIT_CONFIG_COUNT".to_string(), "2".to_string()),
-            (
-                "GIT_CONFIG_KEY_0".to_string(),
-                "credential.helper".to_string(),
-            ),
-            ("GIT_CONFIG_VALUE_0".to_string(), String::new()),
-            (
-                "GIT_CONFIG_KEY_1".to_string(),
-                "credential.helper".to_string(),
-            ),
-            ("GIT_CONFIG_VALUE_1".to_string(), HELPER.to_string()),
-        ]);
-        if let Some(t) = &token {
-            env.insert(TOKEN_VAR.into(), t.clone());
-            env.insert(USER_VAR.into(), username);
-        } else {
-            env.insert("GIT_CONFIG_COUNT".into(), "1".into());
-        }
+        let env = credential_env(token.as_deref(), &username);
         let run = |argv: Vec<String>| {
             let env = env.clone();
             async move {

@@ -15,5 +15,6 @@ pub mod store;
 pub mod tenant;
 
 pub use error::CoreError;
+pub use git::credential_env;
 pub use manager::valid_id;
 pub use manager::{CoreConfig, SandboxManager};

@@ -219,24 +219,6 @@ fn repo_name(url: &str) -> &str {
     }
 }
 
-/// The URL git is given: an https URL carries the token as `x-access-token:TOKEN@`.
-fn authenticated_url(url: &str, token: Option<&str>) -> String {
-    match (token, url.strip_prefix("https://")) {
-        (Some(token), Some(rest)) => {
-            // Credentials already in the URL are replaced.
-            let rest = match rest.split_once('/') {
-                Some((host, path)) => {
-                    let host = host.rsplit('@').next().unwrap_or(host);
-                    format!("{host}/{path}")
-                }
-                None => rest.rsplit('@').next().unwrap_or(rest).to_string(),
-            };
-            format!("https://x-access-token:{token}@{rest}")
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Text with the token taken out.
 fn redact(text: &str, token: Option<&str>) -> String {
     match token {
@@ -265,17 +247,16 @@ async fn clone(
         Err(e) if is_missing_entry(&e) => false,
         Err(e) => return Err(e.into()),
     };
-    let mut env = BTreeMap::from([
-        ("KAPIN_DIR".to_string(), directory.clone()),
-        ("GIT_TERMINAL_PROMPT".to_string(), "0".to_string()),
-    ]);
+    // The token reaches git through a credential helper in its environment, never in the URL
+    // (which would put it in git's argv and in `.git/config`). Local repositories stay
+    // allowed here, as in the original worker.
+    let mut env = sandpit_core::credential_env(token, "x-access-token");
+    env.remove("GIT_ALLOW_PROTOCOL");
+    env.insert("KAPIN_DIR".to_string(), directory.clone());
     let (action, command) = if exists {
         ("pull", r#"git -C "$KAPIN_DIR" pull"#)
     } else {
-        env.insert(
-            "KAPIN_REPO_URL".to_string(),
-            authenticated_url(repo_url, token),
-        );
+        env.insert("KAPIN_REPO_URL".to_string(), repo_url.to_string());
         ("clone", r#"git clone -- "$KAPIN_REPO_URL" "$KAPIN_DIR""#)
     };
     let r = run(&s.manager, &id, command.to_string(), env).await?;
@@ -390,23 +371,21 @@ mod tests {
     }
 
     #[test]
-    fn token_goes_into_https_urls_only() {
+    fn the_token_travels_in_the_environment_only() {
+        let env = sandpit_core::credential_env(Some("T0KEN"), "x-access-token");
+        assert_eq!(env.get("GIT_CONFIG_COUNT").map(String::as_str), Some("2"));
+        let holders: Vec<&String> = env
+            .iter()
+            .filter(|(_, v)| v.contains("T0KEN"))
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(holders, ["SANDPIT_GIT_TOKEN"]);
+        let without = sandpit_core::credential_env(None, "x-access-token");
         assert_eq!(
-            authenticated_url("https://github.com/u/r.git", Some("T")),
-            "https://x-access-token:T@github.com/u/r.git"
+            without.get("GIT_CONFIG_COUNT").map(String::as_str),
+            Some("1")
         );
-        assert_eq!(
-            authenticated_url("https://old@github.com/u/r.git", Some("T")),
-            "https://x-access-token:T@github.com/u/r.git"
-        );
-        assert_eq!(
-            authenticated_url("file:///srv/repo", Some("T")),
-            "file:///srv/repo"
-        );
-        assert_eq!(
-            authenticated_url("https://github.com/u/r.git", None),
-            "https://github.com/u/r.git"
-        );
+        assert!(!without.contains_key("SANDPIT_GIT_TOKEN"));
         assert_eq!(redact("fatal: T@host", Some("T")), "fatal: ***@host");
     }
 }
