@@ -463,6 +463,7 @@ mod tests {
         assert_eq!(all[0].network.allow[0].to_string(), "10.1.0.0/16");
         assert_eq!(all[0].sleep_after_seconds, 30);
         assert!(all[0].snapshot_on_expiry);
+        assert_eq!(all[0].tenant, "acme");
     }
 
     #[test]
@@ -492,7 +493,6 @@ mod tests {
         assert_eq!(s.snapshot("s3").unwrap(), Some(snap("s3", "b", 0)));
         s.delete_snapshot("s3").unwrap();
         assert_eq!(s.snapshot("s3").unwrap(), None);
-        assert_eq!(all[0].tenant, "acme");
     }
 
     #[test]
