@@ -696,3 +696,44 @@ fn shell_follows_the_terminal_size() {
     writer.write_all(b"exit 5\n").expect("type");
     assert_eq!(child.wait().expect("wait").code(), Some(5));
 }
+
+#[test]
+fn cp_draws_a_progress_bar_on_a_terminal_only() {
+    let server = Server::start();
+    let cli = Cli::new(&server);
+    let id = server.new_sandbox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("big.bin");
+    std::fs::write(&local, pseudo_random_bytes(24 * 1024 * 1024, 5)).expect("write local file");
+    let local_s = local.to_str().expect("utf-8 path");
+    let dest = format!("{id}:/workspace/big.bin");
+
+    // Not a terminal: no bar on stderr.
+    let out = cli.run(&["cp", local_s, &dest]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("MiB"), "{}", text(&out.stderr));
+
+    // On a terminal (`script` gives the CLI one): the bar shows the total size.
+    let line = format!("{BIN} cp {local_s} {dest}");
+    let out = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .env_remove("SANDPIT_AUTH_TOKEN")
+        .env("SANDPIT_URL", &cli.url)
+        .env("HOME", cli.home.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn script (util-linux)");
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen:?}");
+    assert!(
+        screen.contains("24.00 MiB"),
+        "no progress bar in {screen:?}"
+    );
+    assert_eq!(
+        server
+            .exec(&id, "stat -c %s /workspace/big.bin")
+            .stdout
+            .trim(),
+        (24 * 1024 * 1024).to_string()
+    );
+}
