@@ -848,3 +848,41 @@ backoff_ms = 100
         assert!(out.contains(says), "{out}");
     }
 }
+
+#[test]
+fn wake_after_expiry_restores_the_last_sync() {
+    let server = Server::start();
+    let id = unique("expired");
+    let dir = "/home/user/workspace";
+    create(&server, &json!({"id": id, "userId": "u"}));
+    server.put_file(&id, &format!("{dir}/kept.txt"), b"survives expiry");
+    assert_eq!(sync(&server, &id)["syncedFiles"], 1);
+
+    // Let the reaper end it: a one-second keepalive, then no calls until it is gone.
+    server
+        .request_json(
+            Method::PATCH,
+            &format!("/v1/sandboxes/{id}"),
+            &json!({"keepalive_seconds": 1}),
+        )
+        .expect(200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while server.list_ids().contains(&id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let v = info(&server, &id);
+    assert_eq!(v["status"], "stopped");
+    assert_eq!(v["hasWorkspace"], true);
+
+    let v = wake(&server, &id);
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["restoredFiles"], 1);
+    assert_eq!(
+        server.get_file(&id, &format!("{dir}/kept.txt")),
+        b"survives expiry"
+    );
+}
