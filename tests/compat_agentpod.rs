@@ -9,16 +9,15 @@
 mod common;
 
 use common::netns::{git, NetNs, Repo, GIT_SERVER};
+use common::ws::{next_text, ws_connect};
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::handshake::HandshakeError;
 use tungstenite::Message;
 
 const BASE: &str = "/compat/agentpod";
@@ -468,77 +467,25 @@ fn opencode_proxy_passes_http_and_websockets() {
         &server,
         &path(&format!("/sandbox/{ws_id}/opencode/event?x=1")),
         &[("Authorization", &bearer)],
+        WAIT,
     )
     .expect("upgrade");
-    assert_eq!(next_text(&mut ws), "path:/event?x=1");
+    assert_eq!(next_text(&mut ws, WAIT), "path:/event?x=1");
     for msg in ["one", "two"] {
         ws.send(Message::Text(msg.into())).expect("send");
-        assert_eq!(next_text(&mut ws), format!("echo:{msg}"));
+        assert_eq!(next_text(&mut ws, WAIT), format!("echo:{msg}"));
     }
     let _ = ws.close(None);
     assert_eq!(
         ws_connect(
             &server,
             &path(&format!("/sandbox/{ws_id}/opencode/event")),
-            &[]
+            &[],
+            WAIT
         )
         .err(),
         Some(401)
     );
-}
-
-/// Opens a WebSocket to `path` on the server, with extra headers.
-fn ws_connect(
-    server: &Server,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<tungstenite::WebSocket<TcpStream>, u16> {
-    let url = format!("ws://127.0.0.1:{}{path}", server.port);
-    let mut req = url.into_client_request().expect("ws request");
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            reqwest::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-            v.parse().expect("header value"),
-        );
-    }
-    let tcp = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("read timeout");
-    let deadline = Instant::now() + WAIT;
-    let mut attempt = tungstenite::client(req, tcp);
-    loop {
-        match attempt {
-            Ok((ws, _)) => return Ok(ws),
-            Err(HandshakeError::Interrupted(mid)) => {
-                assert!(Instant::now() < deadline, "WebSocket handshake hangs");
-                attempt = mid.handshake();
-            }
-            Err(HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-                return Err(resp.status().as_u16())
-            }
-            Err(HandshakeError::Failure(e)) => panic!("WebSocket handshake failed: {e}"),
-        }
-    }
-}
-
-/// The next text message, within [`WAIT`].
-fn next_text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => return t.to_string(),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "no WebSocket message in {WAIT:?}"
-                );
-            }
-            Err(e) => panic!("WebSocket read failed: {e}"),
-        }
-    }
 }
 
 #[test]

@@ -5,15 +5,12 @@
 
 mod common;
 
+use common::ws::{next_text, ws_connect};
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::io::ErrorKind;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::handshake::HandshakeError;
 use tungstenite::Message;
 
 const APP: &str = include_str!("ports_apps/app.py");
@@ -226,60 +223,6 @@ fn bad_ports_unknown_sandboxes_and_closed_ports_are_clear_errors() {
     assert_eq!(server.run_ok(&id, "echo ok"), "ok\n");
 }
 
-/// Opens a WebSocket to `url` on the server, with extra headers.
-fn ws_connect(
-    server: &Server,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<tungstenite::WebSocket<TcpStream>, u16> {
-    let url = format!("ws://127.0.0.1:{}{path}", server.port);
-    let mut req = url.into_client_request().expect("ws request");
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            reqwest::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-            v.parse().expect("header value"),
-        );
-    }
-    let tcp = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("read timeout");
-    let deadline = Instant::now() + WAIT;
-    let mut attempt = tungstenite::client(req, tcp);
-    loop {
-        match attempt {
-            Ok((ws, _)) => return Ok(ws),
-            Err(HandshakeError::Interrupted(mid)) => {
-                assert!(Instant::now() < deadline, "WebSocket handshake hangs");
-                attempt = mid.handshake();
-            }
-            Err(HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-                return Err(resp.status().as_u16())
-            }
-            Err(HandshakeError::Failure(e)) => panic!("WebSocket handshake failed: {e}"),
-        }
-    }
-}
-
-/// The next text message, within [`WAIT`].
-fn next_text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => return t.to_string(),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "no WebSocket message in {WAIT:?}"
-                );
-            }
-            Err(e) => panic!("WebSocket read failed: {e}"),
-        }
-    }
-}
-
 #[test]
 fn websockets_pass_through_unchanged() {
     let server = token_server();
@@ -293,13 +236,14 @@ fn websockets_pass_through_unchanged() {
         &server,
         &port_path(&id, 8765, "/chat/room?user=a%20b"),
         &[("Authorization", &bearer)],
+        WAIT,
     )
     .expect("upgrade");
-    assert_eq!(next_text(&mut ws), "path:/chat/room?user=a%20b");
+    assert_eq!(next_text(&mut ws, WAIT), "path:/chat/room?user=a%20b");
     let long = "x".repeat(70_000);
     for msg in ["one", "two", "three", long.as_str(), "after a long one"] {
         ws.send(Message::Text(msg.into())).expect("send");
-        let got = next_text(&mut ws);
+        let got = next_text(&mut ws, WAIT);
         assert!(
             got == format!("echo:{msg}"),
             "echo of {} bytes differs",
@@ -313,24 +257,26 @@ fn websockets_pass_through_unchanged() {
         &server,
         &port_path(&id, 8765, "/a"),
         &[("Authorization", &bearer)],
+        WAIT,
     )
     .expect("upgrade a");
     let mut b = ws_connect(
         &server,
         &port_path(&id, 8765, "/b"),
         &[("Authorization", &bearer)],
+        WAIT,
     )
     .expect("upgrade b");
-    assert_eq!(next_text(&mut a), "path:/a");
-    assert_eq!(next_text(&mut b), "path:/b");
+    assert_eq!(next_text(&mut a, WAIT), "path:/a");
+    assert_eq!(next_text(&mut b, WAIT), "path:/b");
     b.send(Message::Text("to b".into())).expect("send b");
     a.send(Message::Text("to a".into())).expect("send a");
-    assert_eq!(next_text(&mut b), "echo:to b");
-    assert_eq!(next_text(&mut a), "echo:to a");
+    assert_eq!(next_text(&mut b, WAIT), "echo:to b");
+    assert_eq!(next_text(&mut a, WAIT), "echo:to a");
 
     // No token: refused before the upgrade; nothing listening: 502.
     assert_eq!(
-        ws_connect(&server, &port_path(&id, 8765, "/"), &[]).err(),
+        ws_connect(&server, &port_path(&id, 8765, "/"), &[], WAIT).err(),
         Some(401)
     );
     // A browser's WebSocket carries no Authorization: the port's public token opens it.
@@ -344,20 +290,27 @@ fn websockets_pass_through_unchanged() {
         &server,
         &port_path(&id, 8765, &format!("/live?sandpit_token={token}")),
         &[],
+        WAIT,
     )
     .expect("upgrade with the port token");
-    assert_eq!(next_text(&mut ws), "path:/live");
+    assert_eq!(next_text(&mut ws, WAIT), "path:/live");
     ws.send(Message::Text("public".into())).expect("send");
-    assert_eq!(next_text(&mut ws), "echo:public");
+    assert_eq!(next_text(&mut ws, WAIT), "echo:public");
     let cookie = format!("sandpit_port_token={token}");
-    let mut ws = ws_connect(&server, &port_path(&id, 8765, "/c"), &[("Cookie", &cookie)])
-        .expect("upgrade with the port-token cookie");
-    assert_eq!(next_text(&mut ws), "path:/c");
+    let mut ws = ws_connect(
+        &server,
+        &port_path(&id, 8765, "/c"),
+        &[("Cookie", &cookie)],
+        WAIT,
+    )
+    .expect("upgrade with the port-token cookie");
+    assert_eq!(next_text(&mut ws, WAIT), "path:/c");
     assert_eq!(
         ws_connect(
             &server,
             &port_path(&id, 8766, "/"),
-            &[("Authorization", &bearer)]
+            &[("Authorization", &bearer)],
+            WAIT
         )
         .err(),
         Some(502)

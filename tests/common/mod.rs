@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod ws;
 
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::Method;
