@@ -117,6 +117,17 @@ impl Server {
             child: None,
             client,
         };
+        // free_port() releases the port before the server binds it, so a test running at the
+        // same moment can take it: start again on another port when that happens.
+        for _ in 0..4 {
+            match server.try_launch() {
+                Err(tail) if tail.contains("Address already in use") => {
+                    server.port = free_port();
+                }
+                Err(tail) => panic!("server did not become ready\n{tail}"),
+                Ok(()) => return server,
+            }
+        }
         server.launch();
         server
     }
@@ -185,15 +196,22 @@ impl Server {
     }
 
     fn launch(&mut self) {
+        if let Err(tail) = self.try_launch() {
+            panic!("server did not become ready\n{tail}");
+        }
+    }
+
+    /// Starts the server and waits for it; on failure, the reason and the log's tail.
+    fn try_launch(&mut self) -> Result<(), String> {
         let child = self
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         self.child = Some(child);
-        if let Err(e) = self.wait_ready(HEALTH_TIMEOUT) {
+        self.wait_ready(HEALTH_TIMEOUT).map_err(|e| {
             let tail = self.log_tail();
             self.stop();
-            panic!("server did not become ready: {e}\n{tail}");
-        }
+            format!("{e}\n{tail}")
+        })
     }
 
     /// Polls `/health` until it answers 200, the process exits, or `timeout` passes.
