@@ -133,12 +133,6 @@ def sandbox(client: sandpit.Client) -> Iterator[sandpit.Sandbox]:
         yield sb
 
 
-def skip_if_route_missing(err: sandpit.SandpitError, what: str) -> None:
-    """Skip the test when the server does not have this route family yet."""
-    if err.status in (404, 405) and err.code in ("route_not_found", "method_not_allowed"):
-        pytest.skip(f"the server has no {what} routes yet ({err.code})")
-
-
 def wait_until(condition: Callable[[], bool], attempts: int = 300) -> bool:
     """Polls ``condition`` every 0.1 s until it holds; False after ``attempts`` (30 s by
     default: a bound for a hung server, not a performance check)."""

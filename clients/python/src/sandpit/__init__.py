@@ -15,6 +15,7 @@ from .aio import (
     AsyncCodeContext,
     AsyncContexts,
     AsyncFiles,
+    AsyncPorts,
     AsyncProcess,
     AsyncProcesses,
     AsyncSandbox,
@@ -27,6 +28,7 @@ from .client import (
     CodeContext,
     Contexts,
     Files,
+    Ports,
     Process,
     Processes,
     Sandbox,
@@ -60,6 +62,7 @@ from .models import (
     Limits,
     LogEvent,
     PortReady,
+    PortToken,
     ProcessInfo,
     ProcessLogs,
     Result,
@@ -70,6 +73,7 @@ from .models import (
     StartEvent,
     StderrEvent,
     StdoutEvent,
+    TenantInfo,
 )
 
 __version__ = "0.1.0"
@@ -79,6 +83,7 @@ __all__ = [
     "AsyncCodeContext",
     "AsyncContexts",
     "AsyncFiles",
+    "AsyncPorts",
     "AsyncProcess",
     "AsyncProcesses",
     "AsyncSandbox",
@@ -109,6 +114,8 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PortReady",
+    "PortToken",
+    "Ports",
     "Process",
     "ProcessInfo",
     "ProcessLogs",
@@ -127,6 +134,7 @@ __all__ = [
     "StartEvent",
     "StderrEvent",
     "StdoutEvent",
+    "TenantInfo",
     "TimeoutError",
     "__version__",
 ]

@@ -395,8 +395,59 @@ def restore(sid: str, snapshot: Optional[str], from_sandbox: Optional[str]) -> C
     return Call("POST", sb_path(sid, "restore"), json=body, timeout=None)
 
 
+def limits_json(limits: Union[Limits, Mapping[str, Any], None]) -> Optional[Dict[str, Any]]:
+    if isinstance(limits, Limits):
+        return limits.to_json() or None
+    return (_clean(limits) or None) if limits else None
+
+
 def git_clone(sid: str, url: str, fields: Mapping[str, Any]) -> Call:
     return Call("POST", sb_path(sid, "git", "clone"), json={"url": url, **_clean(fields)}, timeout=None)
+
+
+# -- tenants and ports --------------------------------------------------------------------
+
+
+def tenant() -> Call:
+    return Call("GET", "/v1/tenant")
+
+
+def port_path(sid: str, port: int, path: str) -> str:
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is not in 1-65535")
+    return sb_path(sid, "ports", str(int(port))) + "/" + path.lstrip("/")
+
+
+def port_request(
+    sid: str,
+    port: int,
+    method: str,
+    path: str,
+    params: Optional[Mapping[str, Any]],
+    content: Body,
+    headers: Optional[Mapping[str, str]],
+    timeout: Optional[float],
+) -> Call:
+    return Call(
+        method.upper(),
+        port_path(sid, port, path),
+        params=dict(params) if params else None,
+        content=content,
+        headers=dict(headers or {}),
+        timeout=UNSET if timeout is None else timeout,
+    )
+
+
+def create_port_token(sid: str, port: int) -> Call:
+    return Call("POST", sb_path(sid, "port-tokens", str(int(port))))
+
+
+def list_port_tokens(sid: str) -> Call:
+    return Call("GET", sb_path(sid, "port-tokens"))
+
+
+def revoke_port_token(sid: str, port: int) -> Call:
+    return Call("DELETE", sb_path(sid, "port-tokens", str(int(port))))
 
 
 # -- answers -------------------------------------------------------------------------------

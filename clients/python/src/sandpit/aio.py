@@ -36,7 +36,7 @@ import httpx
 
 from . import _api
 from ._api import UNSET, Call, Command
-from .client import CHUNK, PathLike
+from .client import CHUNK, PathLike, _proxied
 from .errors import ConnectionError, NotFoundError, SandpitError, TimeoutError, from_body, from_event
 from .models import (
     CodeEvent,
@@ -50,11 +50,13 @@ from .models import (
     LogEvent,
     PortReady,
     ProcessInfo,
+    PortToken,
     ProcessLogs,
     SandboxInfo,
     SessionInfo,
     SnapshotInfo,
     parse_event,
+    TenantInfo,
 )
 
 
@@ -253,6 +255,10 @@ class AsyncClient:
         """``GET /v1/snapshots/{sid}`` (snapshots outlive their sandbox)."""
         return SnapshotInfo.from_json(await self._t.json(_api.get_snapshot(snapshot_id)))
 
+    async def tenant(self) -> TenantInfo:
+        """``GET /v1/tenant``: the caller's tenant, quotas, usage and the server's caps."""
+        return TenantInfo.from_json(await self._t.json(_api.tenant()))
+
     async def close(self) -> None:
         """Close the connection pool (not the sandboxes)."""
         await self._t.close()
@@ -284,6 +290,7 @@ class AsyncSandbox:
         self.processes = AsyncProcesses(self)
         self.contexts = AsyncContexts(self)
         self.snapshots = AsyncSnapshots(self)
+        self.ports = AsyncPorts(self)
         self._session: Optional[AsyncSession] = None
 
     def __repr__(self) -> str:
@@ -322,12 +329,16 @@ class AsyncSandbox:
         keepalive_seconds: Optional[int] = None,
         sleep_after_seconds: Optional[int] = None,
         snapshot_on_expiry: Optional[bool] = None,
+        limits: Union[Limits, Mapping[str, Any], None] = None,
     ) -> SandboxInfo:
-        """``PATCH`` the given settings (the sleep ones on servers that have sleep)."""
+        """``PATCH`` the given settings. ``limits`` change while the sandbox runs (memory,
+        cpus, pids, open files; fields left ``None`` keep their value); a memory limit below
+        what the sandbox uses now is refused (``ConflictError``) rather than killing it."""
         fields = {
             "keepalive_seconds": keepalive_seconds,
             "sleep_after_seconds": sleep_after_seconds,
             "snapshot_on_expiry": snapshot_on_expiry,
+            "limits": _api.limits_json(limits),
         }
         self.info = SandboxInfo.from_json(await self._t.json(_api.update_sandbox(self.id, fields)))
         return self.info
@@ -837,8 +848,60 @@ class AsyncSnapshots:
         await self._t.send(_api.delete_snapshot(sid))
 
 
+class AsyncPorts:
+    """The ports of one sandbox: requests through sandpit's authenticated proxy, and public
+    per-port tokens. Nothing inside the sandbox has to listen on anything but its loopback."""
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._sb = sandbox
+        self._t = sandbox._t
+
+    def url(self, port: int, path: str = "/") -> str:
+        """The proxy URL of ``path`` on ``port`` (needs the API key, unlike a token's URL)."""
+        return self._t.settings.base_url + _api.port_path(self._sb.id, port, path)
+
+    async def request(
+        self,
+        port: int,
+        method: str = "GET",
+        path: str = "/",
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        content: Union[bytes, str, None] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> httpx.Response:
+        """Send one HTTP request to the server listening on ``port`` inside the sandbox and
+        answer its response as is (any status). The proxy's own failures raise:
+        ``NotFoundError`` (no such sandbox), ``SandpitError`` with code ``bad_gateway`` (nothing
+        listens there)."""
+        body = content.encode() if isinstance(content, str) else content
+        call = _api.port_request(self._sb.id, port, method, path, params, body, headers, timeout)
+        resp = await self._t._send(call, stream=False)
+        return _proxied(resp)
+
+    async def get(self, port: int, path: str = "/", **kwargs: Any) -> httpx.Response:
+        return await self.request(port, "GET", path, **kwargs)
+
+    async def create_token(self, port: int) -> PortToken:
+        """A new public token for ``port`` (replacing its previous one): ``url`` opens the
+        port without the API key. The token is shown only here."""
+        return PortToken.from_json(await self._t.json(_api.create_port_token(self._sb.id, port)))
+
+    async def tokens(self) -> List[PortToken]:
+        """The ports that have a public token (the tokens themselves are not retrievable)."""
+        payload = await self._t.json(_api.list_port_tokens(self._sb.id))
+        return [PortToken.from_json(d) for d in _api.items(payload, "ports")]
+
+    async def revoke_token(self, port: int) -> None:
+        """Revoke the port's public token (``NotFoundError`` when it has none)."""
+        await self._t.send(_api.revoke_port_token(self._sb.id, port))
+
+
+
 __all__ = [
     "AsyncClient",
+    "AsyncPorts",
     "AsyncSandbox",
     "AsyncFiles",
     "AsyncSessions",

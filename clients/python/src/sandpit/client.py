@@ -30,11 +30,13 @@ from .models import (
     LogEvent,
     PortReady,
     ProcessInfo,
+    PortToken,
     ProcessLogs,
     ResultEvent,
     SandboxInfo,
     SessionInfo,
     SnapshotInfo,
+    TenantInfo,
     parse_event,
 )
 
@@ -219,6 +221,10 @@ class Client:
         """``GET /v1/snapshots/{sid}`` (snapshots outlive their sandbox)."""
         return SnapshotInfo.from_json(self._t.json(_api.get_snapshot(snapshot_id)))
 
+    def tenant(self) -> TenantInfo:
+        """``GET /v1/tenant``: the caller's tenant, quotas, usage and the server's caps."""
+        return TenantInfo.from_json(self._t.json(_api.tenant()))
+
     def close(self) -> None:
         """Close the connection pool (not the sandboxes)."""
         self._t.close()
@@ -250,6 +256,7 @@ class Sandbox:
         self.processes = Processes(self)
         self.contexts = Contexts(self)
         self.snapshots = Snapshots(self)
+        self.ports = Ports(self)
         self._session: Optional[Session] = None
 
     def __repr__(self) -> str:
@@ -288,12 +295,16 @@ class Sandbox:
         keepalive_seconds: Optional[int] = None,
         sleep_after_seconds: Optional[int] = None,
         snapshot_on_expiry: Optional[bool] = None,
+        limits: Union[Limits, Mapping[str, Any], None] = None,
     ) -> SandboxInfo:
-        """``PATCH`` the given settings (the sleep ones on servers that have sleep)."""
+        """``PATCH`` the given settings. ``limits`` change while the sandbox runs (memory,
+        cpus, pids, open files; fields left ``None`` keep their value); a memory limit below
+        what the sandbox uses now is refused (``ConflictError``) rather than killing it."""
         fields = {
             "keepalive_seconds": keepalive_seconds,
             "sleep_after_seconds": sleep_after_seconds,
             "snapshot_on_expiry": snapshot_on_expiry,
+            "limits": _api.limits_json(limits),
         }
         self.info = SandboxInfo.from_json(self._t.json(_api.update_sandbox(self.id, fields)))
         return self.info
@@ -786,8 +797,72 @@ class Snapshots:
         self._t.send(_api.delete_snapshot(sid))
 
 
+class Ports:
+    """The ports of one sandbox: requests through sandpit's authenticated proxy, and public
+    per-port tokens. Nothing inside the sandbox has to listen on anything but its loopback."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sb = sandbox
+        self._t = sandbox._t
+
+    def url(self, port: int, path: str = "/") -> str:
+        """The proxy URL of ``path`` on ``port`` (needs the API key, unlike a token's URL)."""
+        return self._t.settings.base_url + _api.port_path(self._sb.id, port, path)
+
+    def request(
+        self,
+        port: int,
+        method: str = "GET",
+        path: str = "/",
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        content: Union[bytes, str, None] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> httpx.Response:
+        """Send one HTTP request to the server listening on ``port`` inside the sandbox and
+        answer its response as is (any status). The proxy's own failures raise:
+        ``NotFoundError`` (no such sandbox), ``SandpitError`` with code ``bad_gateway`` (nothing
+        listens there)."""
+        body = content.encode() if isinstance(content, str) else content
+        call = _api.port_request(self._sb.id, port, method, path, params, body, headers, timeout)
+        resp = self._t._send(call, stream=False)
+        return _proxied(resp)
+
+    def get(self, port: int, path: str = "/", **kwargs: Any) -> httpx.Response:
+        return self.request(port, "GET", path, **kwargs)
+
+    def create_token(self, port: int) -> PortToken:
+        """A new public token for ``port`` (replacing its previous one): ``url`` opens the
+        port without the API key. The token is shown only here."""
+        return PortToken.from_json(self._t.json(_api.create_port_token(self._sb.id, port)))
+
+    def tokens(self) -> List[PortToken]:
+        """The ports that have a public token (the tokens themselves are not retrievable)."""
+        payload = self._t.json(_api.list_port_tokens(self._sb.id))
+        return [PortToken.from_json(d) for d in _api.items(payload, "ports")]
+
+    def revoke_token(self, port: int) -> None:
+        """Revoke the port's public token (``NotFoundError`` when it has none)."""
+        self._t.send(_api.revoke_port_token(self._sb.id, port))
+
+
+def _proxied(resp: httpx.Response) -> httpx.Response:
+    """The app's answer, unless the proxy itself refused (its errors carry sandpit's JSON
+    shape with a code the proxy uses)."""
+    if resp.status_code in (400, 401, 404, 409, 502, 503) and "application/json" in resp.headers.get("content-type", ""):
+        try:
+            code = resp.json().get("error", {}).get("code")
+        except (ValueError, AttributeError):
+            code = None
+        if code in ("bad_request", "unauthorized", "not_found", "not_running", "bad_gateway", "sandbox_unavailable"):
+            raise from_body(resp.status_code, resp.content)
+    return resp
+
+
 __all__ = [
     "Client",
+    "Ports",
     "Sandbox",
     "Files",
     "Sessions",

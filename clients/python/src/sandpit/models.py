@@ -40,9 +40,13 @@ def _str(value: Any, default: str = "") -> str:
 
 @dataclass(frozen=True)
 class Limits:
+    """Resource limits of a sandbox; ``None`` fields are left to the server's defaults (and,
+    in ``Sandbox.update``, unchanged)."""
+
     memory_mb: Optional[int] = None
     cpus: Optional[float] = None
     pids: Optional[int] = None
+    open_files: Optional[int] = None
 
     @classmethod
     def from_json(cls, data: Any) -> Limits:
@@ -52,12 +56,12 @@ class Limits:
             memory_mb=_opt_int(d.get("memory_mb")),
             cpus=float(cpus) if isinstance(cpus, (int, float)) else None,
             pids=_opt_int(d.get("pids")),
+            open_files=_opt_int(d.get("open_files")),
         )
 
     def to_json(self) -> JSON:
-        return {
-            k: v for k, v in (("memory_mb", self.memory_mb), ("cpus", self.cpus), ("pids", self.pids)) if v is not None
-        }
+        fields = {"memory_mb": self.memory_mb, "cpus": self.cpus, "pids": self.pids, "open_files": self.open_files}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -574,3 +578,68 @@ class GitResult:
             branch=_str(d.get("branch")),
             raw=d,
         )
+
+
+# -- tenants and ports ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """``GET /v1/tenant``: who the key belongs to, its quotas (absent = unlimited), what it
+    uses now, and the server's own caps (``max_output_bytes``, ``max_upload_bytes``)."""
+
+    tenant: str
+    admin: bool
+    quotas: Dict[str, int]
+    usage: Dict[str, int]
+    server_limits: Dict[str, int]
+    raw: JSON = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: Any) -> TenantInfo:
+        d = d if isinstance(d, dict) else {}
+
+        def ints(value: Any) -> Dict[str, int]:
+            items = value.items() if isinstance(value, dict) else []
+            return {str(k): _int(v) for k, v in items if _opt_int(v) is not None}
+
+        return cls(
+            tenant=_str(d.get("tenant")),
+            admin=d.get("admin") is True,
+            quotas=ints(d.get("quotas")),
+            usage=ints(d.get("usage")),
+            server_limits=ints(d.get("server_limits")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class PortToken:
+    """A public token for one port of a sandbox. ``token`` is shown once, when it is made
+    (``None`` in a listing); ``url`` opens the port without the API key."""
+
+    port: int
+    url: str
+    token: Optional[str]
+    created_at: Optional[datetime]
+    raw: JSON = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: Any) -> PortToken:
+        d = d if isinstance(d, dict) else {}
+        created = d.get("created_at")
+        return cls(
+            port=_int(d.get("port")),
+            url=_str(d.get("url")),
+            token=d["token"] if isinstance(d.get("token"), str) else None,
+            created_at=_dt(created) if isinstance(created, str) else _ms(created),
+            raw=d,
+        )
+
+
+def _ms(value: Any) -> Optional[datetime]:
+    """A time given as milliseconds since the epoch."""
+    from datetime import timezone
+
+    ms = _opt_int(value)
+    return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc) if ms is not None else None

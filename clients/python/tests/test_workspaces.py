@@ -1,8 +1,4 @@
-"""Snapshots, sleep/wake and git clone: routes the server is gaining in parallel.
-
-Each test skips (with the reason) when the server answers ``route_not_found`` for its route
-family, and exercises it fully once the server has it.
-"""
+"""Snapshots, sleep/wake and git clone against the real server."""
 
 from __future__ import annotations
 
@@ -11,16 +7,10 @@ import pytest
 import sandpit
 from sandpit import Client, Sandbox
 
-from .conftest import skip_if_route_missing
-
 
 def test_snapshot_list_restore_delete(client: Client, sandbox: Sandbox) -> None:
     sandbox.files.write_text("/workspace/state.txt", "version one")
-    try:
-        snap = sandbox.snapshots.create("before")
-    except sandpit.SandpitError as e:
-        skip_if_route_missing(e, "snapshot")
-        raise
+    snap = sandbox.snapshots.create("before")
     assert snap.id and snap.name == "before" and snap.sandbox_id == sandbox.id
     assert snap.size_bytes > 0 and snap.created_at is not None
     assert snap.id in [s.id for s in sandbox.snapshots.list()]
@@ -46,11 +36,7 @@ def test_snapshot_list_restore_delete(client: Client, sandbox: Sandbox) -> None:
 
 def test_sleep_and_wake_keep_files(client: Client, sandbox: Sandbox) -> None:
     sandbox.files.write_text("/workspace/kept.txt", "still here")
-    try:
-        slept = sandbox.sleep()
-    except sandpit.SandpitError as e:
-        skip_if_route_missing(e, "sleep/wake")
-        raise
+    slept = sandbox.sleep()
     assert slept.status == "sleeping"
     # The list is not activity (a GET could wake it): it shows the sandbox asleep.
     assert [s.status for s in client.list() if s.id == sandbox.id] == ["sleeping"]
@@ -71,11 +57,7 @@ def test_git_clone_from_a_repository_served_inside_the_sandbox(sandbox: Sandbox)
     web = sandbox.processes.start(["python3", "-m", "http.server", "8123", "--bind", "127.0.0.1"], cwd="/srv/www")
     web.wait_port(8123, timeout_ms=30_000)
     url = "http://127.0.0.1:8123/repo.git"
-    try:
-        cloned = sandbox.git_clone(url, branch="main", dir="/workspace/cloned")
-    except sandpit.SandpitError as e:
-        skip_if_route_missing(e, "git")
-        raise
+    cloned = sandbox.git_clone(url, branch="main", dir="/workspace/cloned")
     assert (cloned.action, cloned.dir, cloned.branch) == ("clone", "/workspace/cloned", "main")
     assert len(cloned.commit) >= 7
     assert sandbox.files.read_text("/workspace/cloned/README") == "hello\n"
