@@ -135,6 +135,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
+        // The test harness (tests/common) waits for this message: keep its text.
         tracing::info!(%addr, data_dir = %data_dir.display(), auth = cfg.token.is_some() || tenants, root_dialect = cfg.root_dialect.as_deref(), "sandpit serving");
         // The peer address feeds X-Forwarded-For of the port proxy.
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

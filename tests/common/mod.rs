@@ -25,6 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const BIN: &str = env!("CARGO_BIN_EXE_sandpit");
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the server logs once it has bound its port (src/main.rs).
+const SERVING: &str = "sandpit serving";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How to start a server.
@@ -203,19 +205,28 @@ impl Server {
 
     /// Starts the server and waits for it; on failure, the reason and the log's tail.
     fn try_launch(&mut self) -> Result<(), String> {
+        let before = self.serving_lines();
         let child = self
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         self.child = Some(child);
-        self.wait_ready(HEALTH_TIMEOUT).map_err(|e| {
+        self.wait_ready(HEALTH_TIMEOUT, before).map_err(|e| {
             let tail = self.log_tail();
             self.stop();
             format!("{e}\n{tail}")
         })
     }
 
-    /// Polls `/health` until it answers 200, the process exits, or `timeout` passes.
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+    /// How often the log says the server bound its port ("sandpit serving").
+    fn serving_lines(&self) -> usize {
+        self.log().matches(SERVING).count()
+    }
+
+    /// Polls `/health` until it answers 200, the process exits, or `timeout` passes. The
+    /// answer counts only once this process has logged that it bound the port (more than
+    /// `before` "sandpit serving" lines): until then another test's server that took the
+    /// same port could be the one answering.
+    fn wait_ready(&mut self, timeout: Duration, before: usize) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -232,7 +243,7 @@ impl Server {
                 .timeout(Duration::from_secs(2))
                 .send();
             if let Ok(r) = answer {
-                if r.status().as_u16() == 200 {
+                if r.status().as_u16() == 200 && self.serving_lines() > before {
                     return Ok(());
                 }
             }
@@ -538,11 +549,12 @@ impl Drop for Server {
         }
         if !self.is_running() {
             // Sandboxes outlive the server: bring it back briefly to delete them.
+            let before = self.serving_lines();
             match self.spawn() {
                 Ok(child) => self.child = Some(child),
                 Err(e) => eprintln!("cleanup: cannot restart server: {e}"),
             }
-            if let Err(e) = self.wait_ready(Duration::from_secs(15)) {
+            if let Err(e) = self.wait_ready(Duration::from_secs(15), before) {
                 eprintln!("cleanup: server did not come back ({e}); sandboxes may be left over");
             }
         }
