@@ -51,12 +51,25 @@ fn main() {
     let code = match cli.command {
         Command::Agent => sandpit_agent::main(),
         Command::Jail { remove } => sandpit_runtime::jail::main(remove),
-        Command::Serve(args) => report(serve(args)),
+        Command::Serve(args) => {
+            install_tls_provider();
+            report(serve(args))
+        }
         Command::Bench(args) => report(bench::run(args)),
-        Command::Client(cmd) => cli::main(cmd),
+        Command::Client(cmd) => {
+            install_tls_provider();
+            cli::main(cmd)
+        }
         Command::HashKey => report(hash_key()),
     };
     std::process::exit(code);
+}
+
+/// Outgoing https (S3 snapshot storage, webhooks, the CLI talking to a remote server) goes
+/// through reqwest on rustls, built without a crypto provider of its own: install ring's as
+/// the process default, before any client is made (a second install is a harmless no-op).
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn report(result: anyhow::Result<()>) -> i32 {

@@ -296,8 +296,8 @@ fn bad_webhook_settings_refuse_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (toml, says) in [
         (
-            "[[webhooks]]\nurl = \"https://example.com/h\"\nsecret = \"s\"\n",
-            "https is not supported",
+            "[[webhooks]]\nurl = \"ftp://example.com/h\"\nsecret = \"s\"\n",
+            "must be an http:// or https:// URL",
         ),
         (
             "[[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"s\"\nevents = [\"sandbox.nope\"]\n",
@@ -329,4 +329,159 @@ fn bad_webhook_settings_refuse_to_start() {
         assert!(!status.success(), "started with {toml}");
         assert!(out.contains(says), "{toml} => {out}");
     }
+}
+
+/// An HTTPS receiver: python's http.server behind TLS with a self-signed certificate for
+/// 127.0.0.1 made by openssl. Each request comes back as one JSON line on its stdout.
+struct TlsReceiver {
+    port: u16,
+    cert: std::path::PathBuf,
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+const TLS_RECEIVER: &str = r#"
+import base64, http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+        print(json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                          "body": base64.b64encode(body).decode()}), flush=True)
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+impl TlsReceiver {
+    fn start(dir: &std::path::Path, name: &str) -> TlsReceiver {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(made.status.success(), "openssl: {made:?}");
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", TLS_RECEIVER])
+            .arg(&cert)
+            .arg(&key)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 https receiver");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let port = lines
+            .recv_timeout(WAIT)
+            .expect("receiver port")
+            .trim()
+            .parse()
+            .expect("port number");
+        TlsReceiver {
+            port,
+            cert,
+            child,
+            lines,
+        }
+    }
+
+    fn next(&self, timeout: Duration) -> Option<Delivery> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        let v: Value = serde_json::from_str(&line).expect("receiver line");
+        let headers = v["headers"]
+            .as_object()
+            .expect("headers")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(v["body"].as_str().expect("body"))
+            .expect("base64 body");
+        Some(Delivery {
+            path: v["path"].as_str().unwrap_or_default().to_string(),
+            headers,
+            body,
+            answered: 200,
+        })
+    }
+}
+
+impl Drop for TlsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_webhooks_verify_the_receivers_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trusted = TlsReceiver::start(dir.path(), "trusted");
+    let untrusted = TlsReceiver::start(dir.path(), "untrusted");
+    let config = dir.path().join("sandpit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[webhooks]]
+url = "https://127.0.0.1:{}/tls-hook"
+secret = "tls-secret"
+
+[[webhooks]]
+url = "https://127.0.0.1:{}/not-trusted"
+secret = "x"
+max_attempts = 1
+"#,
+            trusted.port, untrusted.port
+        ),
+    )
+    .expect("config");
+    // Only the first receiver's certificate is a trusted root for the server.
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--config".into(), config.display().to_string()],
+        env: vec![("SSL_CERT_FILE".into(), trusted.cert.display().to_string())],
+        ..Default::default()
+    });
+    let id = server.new_sandbox();
+    let got = trusted.next(WAIT).expect("an https delivery");
+    assert_eq!(got.path, "/tls-hook");
+    got.assert_signed("tls-secret");
+    assert_eq!(got.json()["type"], "sandbox.created", "{:?}", got.json());
+    assert_eq!(got.json()["sandbox_id"], id.as_str());
+    // The other receiver's certificate is not trusted: the delivery fails, nothing arrives.
+    let failed = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        server
+            .request(reqwest::Method::GET, "/metrics")
+            .text()
+            .lines()
+            .any(|l| l.starts_with("sandpit_webhook_deliveries_total{result=\"failed\"}"))
+    });
+    assert!(failed, "the untrusted delivery was not reported as failed");
+    assert!(untrusted.next(Duration::from_millis(200)).is_none());
 }

@@ -40,6 +40,8 @@ pub struct ServerOpts {
     pub listen_host: Option<String>,
     /// Run the server as this unprivileged user (rootless mode).
     pub run_as: Option<RunAs>,
+    /// Extra environment variables of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 /// An unprivileged user to run the server as.
@@ -187,6 +189,7 @@ impl Server {
         if let Some(token) = &self.opts.token {
             cmd.env("SANDPIT_AUTH_TOKEN", token);
         }
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(r) = &self.opts.run_as {
             cmd.uid(r.uid)
                 .gid(r.gid)

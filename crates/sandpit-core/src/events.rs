@@ -135,17 +135,29 @@ impl Webhook {
     }
 }
 
-/// Checks a webhook's URL: `http://` with a host.
+/// Checks a webhook's URL: `http://` or `https://` with a host. https verifies the
+/// receiver's certificate against the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` name
+/// others).
 pub fn check_url(url: &str) -> Result<(), String> {
     let u = reqwest::Url::parse(url).map_err(|e| format!("webhook url '{url}': {e}"))?;
     match u.scheme() {
-        "http" if u.host_str().is_some() => Ok(()),
-        "https" => Err(format!(
-            "webhook url '{url}': https is not supported by this build (no TLS client); \
-             use http, e.g. to a local relay"
+        "http" | "https" if u.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        _ => Err(format!(
+            "webhook url '{url}' must be an http:// or https:// URL with a host"
         )),
-        _ => Err(format!("webhook url '{url}' must be an http:// URL")),
     }
+}
+
+/// An error and its causes, `outer: inner: ...`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// ISO-8601 UTC with milliseconds and `Z`, as JavaScript's `toISOString()` writes it.
@@ -313,8 +325,9 @@ async fn deliver(client: &reqwest::Client, hook: &Webhook, event: &Event) {
                 return;
             }
             Ok(resp) => format!("answered {}", resp.status()),
-            // Without the URL: reqwest's message would carry its query string.
-            Err(e) => format!("{}", e.without_url()),
+            // Without the URL: reqwest's message would carry its query string. The causes
+            // say why (refused, a certificate not trusted, ...).
+            Err(e) => error_chain(&e.without_url()),
         };
         metrics::counter!("sandpit_webhook_deliveries_total", "result" => "retry").increment(1);
         tracing::info!(event = %event.id, kind = event.kind.as_str(), %url, attempt,
@@ -376,7 +389,8 @@ mod tests {
     #[test]
     fn urls_are_checked_and_shown_without_query() {
         assert!(check_url("http://127.0.0.1:9/hook").is_ok());
-        assert!(check_url("https://example.com/hook").is_err());
+        assert!(check_url("https://example.com/hook").is_ok());
+        assert!(check_url("ftp://example.com/hook").is_err());
         assert!(check_url("ftp://example.com/").is_err());
         let h = Webhook::new("http://u:p@h.example:81/x?key=secret", "hunter2");
         assert_eq!(h.shown(), "http://h.example:81/x");
