@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use sandpit_client::{
-    Client, CreateSandbox, CreateSnapshot, Error, ExecEvent, ExecRequest, Limits, LogEvent,
-    PtyEvent, SandboxClient,
+    Client, CreateSandbox, CreateSnapshot, Error, ExecEvent, ExecRequest, GitClone, Limits,
+    LogEvent, PtyEvent, SandboxClient, StartProcess,
 };
 use serde::Serialize;
 
@@ -144,6 +144,80 @@ pub enum Command {
     Restore {
         id: String,
         snapshot: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Start a background process; prints its id (read its output with `logs`). One
+    /// argument is shell text, several are a program and its arguments.
+    Start {
+        id: String,
+        /// Id of the process (generated when absent).
+        #[arg(long)]
+        name: Option<String>,
+        /// Working directory (default /workspace).
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Environment of the process, K=V (repeatable).
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Send a signal to a background process (default SIGTERM).
+    Kill {
+        id: String,
+        process: String,
+        #[arg(long, default_value = "SIGTERM")]
+        signal: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Put a sandbox to sleep: its files are kept, its processes end; any call wakes it.
+    Sleep {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Wake a sleeping sandbox.
+    Wake {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Clone a git repository inside the sandbox (or fast-forward the clone already in
+    /// `--dir`); prints the checked-out commit.
+    Clone {
+        id: String,
+        url: String,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        depth: Option<u32>,
+        /// Where (default /workspace/<repository name>).
+        #[arg(long)]
+        dir: Option<String>,
+        /// Read the access token from this environment variable (never from argv).
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+        /// User name sent with the token (default: the server's, x-access-token).
+        #[arg(long)]
+        username: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Give a port of the sandbox a public URL that opens it without the API key; prints it.
+    Expose {
+        id: String,
+        port: u16,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke the public URL of a port.
+    Unexpose {
+        id: String,
+        port: u16,
         #[command(flatten)]
         conn: Conn,
     },
@@ -463,6 +537,108 @@ async fn run(cmd: Command) -> Outcome {
             }
             Ok(0)
         }
+        Command::Start {
+            id,
+            name,
+            cwd,
+            env,
+            conn,
+            command,
+        } => {
+            let (shell, argv) = if command.len() == 1 {
+                (command.into_iter().next(), None)
+            } else {
+                (None, Some(command))
+            };
+            let body = StartProcess {
+                id: name,
+                command: shell,
+                argv,
+                cwd,
+                env: parse_env(&env)?,
+            };
+            let process = connect(&conn)?.sandbox(&id).start_process(&body).await?;
+            if conn.json {
+                print_json(&process)?;
+            } else {
+                println!("{}", process.id);
+            }
+            Ok(0)
+        }
+        Command::Kill {
+            id,
+            process,
+            signal,
+            conn,
+        } => {
+            connect(&conn)?
+                .sandbox(&id)
+                .signal_process(&process, &signal)
+                .await?;
+            if conn.json {
+                print_json(&serde_json::json!({ "process": process, "signal": signal }))?;
+            }
+            Ok(0)
+        }
+        Command::Sleep { id, conn } => {
+            let sb = connect(&conn)?.sandbox(&id).sleep().await?;
+            print_status(&sb, conn.json)
+        }
+        Command::Wake { id, conn } => {
+            let sb = connect(&conn)?.sandbox(&id).wake().await?;
+            print_status(&sb, conn.json)
+        }
+        Command::Clone {
+            id,
+            url,
+            branch,
+            depth,
+            dir,
+            token_env,
+            username,
+            conn,
+        } => {
+            let token = match token_env {
+                Some(var) => Some(std::env::var(&var).map_err(|_| {
+                    Failure::Usage(format!("--token-env {var}: that variable is not set"))
+                })?),
+                None => None,
+            };
+            let body = GitClone {
+                url,
+                branch,
+                depth,
+                dir,
+                token,
+                username,
+            };
+            let done = connect(&conn)?.sandbox(&id).git_clone(&body).await?;
+            if conn.json {
+                print_json(&done)?;
+            } else {
+                println!(
+                    "{} {} {} ({})",
+                    done.action, done.dir, done.commit, done.branch
+                );
+            }
+            Ok(0)
+        }
+        Command::Expose { id, port, conn } => {
+            let token = connect(&conn)?.sandbox(&id).create_port_token(port).await?;
+            if conn.json {
+                print_json(&token)?;
+            } else {
+                println!("{}", token.url);
+            }
+            Ok(0)
+        }
+        Command::Unexpose { id, port, conn } => {
+            connect(&conn)?.sandbox(&id).revoke_port_token(port).await?;
+            if conn.json {
+                print_json(&serde_json::json!({ "port": port, "revoked": true }))?;
+            }
+            Ok(0)
+        }
         Command::Rm { ids, conn } => {
             let client = connect(&conn)?;
             let mut deleted = Vec::new();
@@ -487,6 +663,16 @@ async fn run(cmd: Command) -> Outcome {
             Ok(i32::from(failed))
         }
     }
+}
+
+/// `id status` (or the sandbox as JSON).
+fn print_status(sb: &sandpit_client::Sandbox, json: bool) -> Outcome {
+    if json {
+        print_json(sb)?;
+    } else {
+        println!("{} {}", sb.id, sb.status);
+    }
+    Ok(0)
 }
 
 /// A 404 for a whole route (not an object) means a server without snapshots.

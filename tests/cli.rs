@@ -1,5 +1,5 @@
 //! The client subcommands of the `sandpit` binary (`create`, `ls`, `info`, `exec`, `shell`,
-//! `cp`, `logs`, `snapshot`, `rm`), run as a user would against a real server: exit codes,
+//! `cp`, `logs`, `start`, `kill`, `clone`, `expose`, `sleep`, `wake`, `snapshot`, `rm`), run as a user would against a real server: exit codes,
 //! stdout and stderr, `--json` outputs, errors, and where the URL and token come from.
 
 mod common;
@@ -736,4 +736,106 @@ fn cp_draws_a_progress_bar_on_a_terminal_only() {
             .trim(),
         (24 * 1024 * 1024).to_string()
     );
+}
+
+#[test]
+fn start_kill_clone_expose_sleep_wake() {
+    let server = Server::start_with(ServerOpts {
+        token: Some("cli-token".into()),
+        ..Default::default()
+    });
+    let cli = Cli::new(&server);
+    let id = server.new_sandbox();
+    // A bare repository served over git's dumb HTTP protocol on the sandbox's loopback.
+    server.run_ok(
+        &id,
+        "set -e; git init -q -b main /srv/src && cd /srv/src && echo hi > README \
+         && git add README && git -c user.email=t@t -c user.name=t commit -qm first \
+         && git clone -q --bare /srv/src /srv/www/repo.git \
+         && git -C /srv/www/repo.git update-server-info && echo page > /srv/www/index.html",
+    );
+    let web = cli.ok(&[
+        "start",
+        &id,
+        "--name",
+        "web",
+        "--cwd",
+        "/srv/www",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8131",
+        "--bind",
+        "127.0.0.1",
+    ]);
+    assert_eq!(web.trim(), "web");
+    let ready = server.request_json(
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/processes/web/wait-port"),
+        &json!({"port": 8131, "timeout_ms": 30000}),
+    );
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    // clone: the commit is printed; the token comes only from the environment.
+    let out = cli.ok(&[
+        "clone",
+        &id,
+        "http://127.0.0.1:8131/repo.git",
+        "--branch",
+        "main",
+        "--dir",
+        "/workspace/r",
+    ]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words[..2], ["clone", "/workspace/r"], "{out}");
+    let head = server.run_ok(&id, "git -C /workspace/r rev-parse HEAD");
+    assert_eq!(words[2], head.trim());
+    let again = cli.json(&[
+        "clone",
+        &id,
+        "http://127.0.0.1:8131/repo.git",
+        "--dir",
+        "/workspace/r",
+    ]);
+    assert_eq!(again["action"], "pull");
+    assert_fails(
+        &cli.run(&[
+            "clone",
+            &id,
+            "http://127.0.0.1:8131/repo.git",
+            "--token-env",
+            "SANDPIT_TEST_NO_SUCH_VAR",
+        ]),
+        2,
+        "SANDPIT_TEST_NO_SUCH_VAR",
+    );
+
+    // expose: a URL that works without the API token, for that port only; unexpose ends it.
+    let url = cli.ok(&["expose", &id, "8131"]);
+    let url = url.trim();
+    let plain = reqwest::blocking::Client::new();
+    let page = plain.get(url).send().expect("GET the public URL");
+    assert_eq!(page.status().as_u16(), 200);
+    assert_eq!(page.text().expect("body"), "page\n");
+    let bare = url.split('?').next().expect("url");
+    assert_eq!(plain.get(bare).send().expect("GET").status().as_u16(), 401);
+    cli.ok(&["unexpose", &id, "8131"]);
+    assert_eq!(plain.get(url).send().expect("GET").status().as_u16(), 401);
+    assert_fails(&cli.run(&["unexpose", &id, "8131"]), 1, "(not_found)");
+
+    // kill: the process ends by the signal.
+    cli.ok(&["kill", &id, "web", "--signal", "SIGKILL"]);
+    let waited = server.request_json(
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/processes/web/wait"),
+        &json!({"timeout_ms": 30000}),
+    );
+    assert_eq!(waited.json()["status"], "exited", "{}", waited.text());
+
+    // sleep and wake keep the files.
+    assert_eq!(cli.ok(&["sleep", &id]).trim(), format!("{id} sleeping"));
+    assert_eq!(cli.json(&["wake", &id])["status"], "running");
+    assert_eq!(server.run_ok(&id, "cat /workspace/r/README"), "hi\n");
+    assert_fails(&cli.run(&["sleep", "no-such-sandbox"]), 1, "(not_found)");
 }

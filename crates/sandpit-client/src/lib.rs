@@ -239,6 +239,56 @@ impl SandboxClient {
         self.client.delete(&self.id).await
     }
 
+    /// Puts the sandbox to sleep: its files are kept, its processes end.
+    pub async fn sleep(&self) -> Result<Sandbox> {
+        self.lifecycle("sleep").await
+    }
+
+    /// Wakes a sleeping sandbox.
+    pub async fn wake(&self) -> Result<Sandbox> {
+        self.lifecycle("wake").await
+    }
+
+    async fn lifecycle(&self, verb: &str) -> Result<Sandbox> {
+        self.client
+            .send(
+                self.request(Method::POST, &[verb])
+                    .json(&serde_json::json!({})),
+            )
+            .await?;
+        // The list, unlike GET, is not activity: it cannot wake what it describes.
+        let all = self.client.list().await?;
+        match all.into_iter().find(|s| s.id == self.id) {
+            Some(sb) => Ok(sb),
+            None => self.info().await,
+        }
+    }
+
+    // --- git and ports ---
+
+    /// Clones (or fast-forwards) a repository inside the sandbox.
+    pub async fn git_clone(&self, body: &GitClone) -> Result<GitResult> {
+        self.client
+            .json(self.request(Method::POST, &["git", "clone"]).json(body))
+            .await
+    }
+
+    /// A new public token for `port` (replacing its previous one).
+    pub async fn create_port_token(&self, port: u16) -> Result<PortToken> {
+        let port = port.to_string();
+        self.client
+            .json(self.request(Method::POST, &["port-tokens", &port]))
+            .await
+    }
+
+    /// Revokes the public token of `port`.
+    pub async fn revoke_port_token(&self, port: u16) -> Result<()> {
+        let port = port.to_string();
+        self.client
+            .empty(self.request(Method::DELETE, &["port-tokens", &port]))
+            .await
+    }
+
     // --- exec ---
 
     /// Runs a command and waits for it: its whole output at once.

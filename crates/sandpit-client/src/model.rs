@@ -325,3 +325,40 @@ pub struct RunResult {
     #[serde(default)]
     pub locals: Option<Map<String, Value>>,
 }
+
+/// `POST /v1/sandboxes/{id}/git/clone`: clone `url` into `dir`, or fast-forward it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GitClone {
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Sent in the body only; the server keeps it out of argv, `.git/config` and logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// What a clone did: `action` is `clone`, or `pull` when `dir` already held the repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitResult {
+    pub action: String,
+    pub dir: String,
+    pub commit: String,
+    pub branch: String,
+}
+
+/// A public token for one port: `url` opens that port without the API key. `token` is
+/// shown only when it is made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortToken {
+    pub port: u16,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub created_at: String,
+}
