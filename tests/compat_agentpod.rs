@@ -8,14 +8,12 @@
 
 mod common;
 
+use common::hooks::{receiver, Delivery};
 use common::netns::{git, NetNs, Repo, GIT_SERVER};
 use common::ws::{next_text, ws_connect};
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tungstenite::Message;
@@ -76,34 +74,15 @@ fn message(server: &Server, id: &str, body: &Value) -> Resp {
     server.request_json(Method::POST, &path(&format!("/sandbox/{id}/message")), body)
 }
 
-/// Starts a background process in the sandbox and waits until `port` accepts connections.
-#[track_caller]
-fn serve_in(server: &Server, id: &str, name: &str, command: &str, port: u16) {
-    server
-        .request_json(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/processes"),
-            &json!({"id": name, "command": command, "cwd": "/workspace"}),
-        )
-        .expect(201);
-    server
-        .request_json(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/processes/{name}/wait-port"),
-            &json!({"port": port, "timeout_ms": 60000}),
-        )
-        .expect(200);
-}
-
 /// The OpenCode stand-in on port 4096 of the sandbox.
 #[track_caller]
 fn start_opencode(server: &Server, id: &str) {
     server.put_file(id, "/workspace/opencode.py", OPENCODE.as_bytes());
-    serve_in(
-        server,
+    server.serve_in(
         id,
         "fake-opencode",
         "python3 /workspace/opencode.py 4096",
+        "/workspace",
         4096,
     );
 }
@@ -461,7 +440,13 @@ fn opencode_proxy_passes_http_and_websockets() {
     let ws_id = unique("proxy-ws");
     create(&server, &json!({"id": ws_id}));
     server.put_file(&ws_id, "/workspace/ws.py", WS.as_bytes());
-    serve_in(&server, &ws_id, "ws", "python3 /workspace/ws.py 4096", 4096);
+    server.serve_in(
+        &ws_id,
+        "ws",
+        "python3 /workspace/ws.py 4096",
+        "/workspace",
+        4096,
+    );
     let bearer = format!("Bearer {TOKEN}");
     let mut ws = ws_connect(
         &server,
@@ -644,63 +629,6 @@ fn root_dialect_agentpod() {
     );
 }
 
-/// One request a receiver got.
-struct Delivery {
-    path: String,
-    headers: HashMap<String, String>,
-    body: Value,
-}
-
-/// A webhook receiver on 127.0.0.1 that answers 200 and hands every request to the test.
-fn receiver() -> (u16, mpsc::Receiver<Delivery>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            let Some(d) = read_request(&mut stream) else {
-                continue;
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            if tx.send(d).is_err() {
-                return;
-            }
-        }
-    });
-    (port, rx)
-}
-
-fn read_request(stream: &mut TcpStream) -> Option<Delivery> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let path = line.split(' ').nth(1)?.to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-    }
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some(Delivery {
-        path,
-        headers,
-        body: serde_json::from_slice(&body).ok()?,
-    })
-}
-
 /// The next delivery of `event` for `id`, within [`WAIT`].
 #[track_caller]
 fn next_event(rx: &mpsc::Receiver<Delivery>, event: &str, id: &str) -> Delivery {
@@ -710,7 +638,8 @@ fn next_event(rx: &mpsc::Receiver<Delivery>, event: &str, id: &str) -> Delivery 
         let d = rx
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("no {event} for {id} within {WAIT:?}"));
-        if d.body["event"] == event && d.body["data"]["sandboxId"] == id {
+        let body = d.json();
+        if body["event"] == event && body["data"]["sandboxId"] == id {
             return d;
         }
     }
@@ -718,7 +647,7 @@ fn next_event(rx: &mpsc::Receiver<Delivery>, event: &str, id: &str) -> Delivery 
 
 #[test]
 fn webhooks_in_agentpod_shape() {
-    let (port, rx) = receiver();
+    let (port, rx) = receiver(0);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sandpit.toml");
     std::fs::write(
@@ -748,11 +677,12 @@ backoff_ms = 100
         !d.headers.contains_key("x-sandpit-signature"),
         "no secret, no signature"
     );
-    assert_keys(&d.body, &["event", "data", "timestamp"]);
-    let ts = d.body["timestamp"].as_str().expect("timestamp");
+    let body = d.json();
+    assert_keys(&body, &["event", "data", "timestamp"]);
+    let ts = body["timestamp"].as_str().expect("timestamp");
     assert!(ts.ends_with('Z') && ts.contains('.'), "{ts}");
     assert!((parse_utc(ts).expect("ISO time") - now_unix()).abs() < 120.0);
-    assert_eq!(d.body["data"]["sandboxId"], id);
+    assert_eq!(body["data"]["sandboxId"], id);
 
     // Sandboxes made through /v1 are announced too, and deletes.
     let other = unique("hooked-v1");

@@ -26,24 +26,8 @@ fn token_server() -> Server {
     })
 }
 
-/// Starts `command` as a background process and waits until `port` accepts connections.
-#[track_caller]
-fn serve_in(server: &Server, id: &str, name: &str, command: &str, port: u16) {
-    server
-        .request_json(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/processes"),
-            &json!({"id": name, "command": command, "cwd": "/workspace/site"}),
-        )
-        .expect(201);
-    server
-        .request_json(
-            Method::POST,
-            &format!("/v1/sandboxes/{id}/processes/{name}/wait-port"),
-            &json!({"port": port, "timeout_ms": 60000}),
-        )
-        .expect(200);
-}
+/// Where the test app's files are, and its working directory.
+const SITE: &str = "/workspace/site";
 
 /// A sandbox with the test app on `port` serving /workspace/site.
 #[track_caller]
@@ -56,11 +40,11 @@ fn sandbox_with_app(server: &Server, port: u16) -> String {
         "/workspace/site/hello.txt",
         b"hello from the sandbox\n",
     );
-    serve_in(
-        server,
+    server.serve_in(
         &id,
         &format!("app{port}"),
         &format!("python3 /workspace/app.py {port}"),
+        SITE,
         port,
     );
     id
@@ -230,7 +214,7 @@ fn websockets_pass_through_unchanged() {
     server.create(&json!({ "id": id }));
     server.put_file(&id, "/workspace/ws.py", WS.as_bytes());
     server.run_ok(&id, "mkdir -p /workspace/site");
-    serve_in(&server, &id, "ws", "python3 /workspace/ws.py 8765", 8765);
+    server.serve_in(&id, "ws", "python3 /workspace/ws.py 8765", SITE, 8765);
     let bearer = format!("Bearer {TOKEN}");
     let mut ws = ws_connect(
         &server,
@@ -325,7 +309,7 @@ fn anon_get(server: &Server, path: &str) -> Resp {
 fn a_public_token_opens_its_port_and_nothing_else() {
     let mut server = token_server();
     let a = sandbox_with_app(&server, 8000);
-    serve_in(&server, &a, "other", "python3 /workspace/app.py 8001", 8001);
+    server.serve_in(&a, "other", "python3 /workspace/app.py 8001", SITE, 8001);
     let b = sandbox_with_app(&server, 8000);
 
     let r = server.request(Method::POST, &format!("/v1/sandboxes/{a}/port-tokens/8000"));

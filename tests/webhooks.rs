@@ -4,13 +4,13 @@
 
 mod common;
 
+use common::hooks::{receiver, Delivery};
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -18,27 +18,12 @@ use std::time::{Duration, Instant};
 /// Bound on the wait for one delivery (retries back off 100 ms, 200 ms, ...).
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One request a receiver got, and what it answered.
-#[derive(Debug, Clone)]
-struct Delivery {
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-    answered: u16,
+/// Signature checks on a delivery.
+trait Signed {
+    fn assert_signed(&self, secret: &str);
 }
 
-impl Delivery {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("delivery body is JSON")
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("delivery without {name}: {self:?}"))
-    }
-
+impl Signed for Delivery {
     /// Checks `X-Sandpit-Signature` with the hmac crate.
     #[track_caller]
     fn assert_signed(&self, secret: &str) {
@@ -59,62 +44,6 @@ impl Delivery {
             .verify_slice(&hex::decode(hex_sig).expect("hex"))
             .is_err());
     }
-}
-
-fn read_request(stream: &mut TcpStream) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let path = line.split(' ').nth(1)?.to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-    }
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some((path, headers, body))
-}
-
-/// A webhook receiver: answers 500 to its first `failures` requests and 200 after, and
-/// hands every request to the test.
-fn receiver(failures: usize) -> (u16, mpsc::Receiver<Delivery>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = 0;
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            let Some((path, headers, body)) = read_request(&mut stream) else {
-                continue;
-            };
-            let answered = if seen < failures { 500 } else { 200 };
-            seen += 1;
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {answered} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            let d = Delivery {
-                path,
-                headers,
-                body,
-                answered,
-            };
-            if tx.send(d).is_err() {
-                return;
-            }
-        }
-    });
-    (port, rx)
 }
 
 /// A receiver that accepts and reads, and never answers; counts its connections.

@@ -5,6 +5,7 @@
 //! (sandboxes outlive the server process) and then stops the server.
 #![allow(dead_code)]
 
+pub mod hooks;
 pub mod netns;
 pub mod ws;
 
@@ -459,6 +460,24 @@ impl Server {
         let r = self.exec(id, command);
         assert_eq!(r.exit_code, 0, "`{command}` failed in {id}: {r:?}");
         r.stdout
+    }
+
+    /// Starts `command` as the background process `name` (working directory `cwd`) and
+    /// waits until `port` accepts connections inside the sandbox.
+    #[track_caller]
+    pub fn serve_in(&self, id: &str, name: &str, command: &str, cwd: &str, port: u16) {
+        self.request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/processes"),
+            &json!({"id": name, "command": command, "cwd": cwd}),
+        )
+        .expect(201);
+        self.request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/processes/{name}/wait-port"),
+            &json!({"port": port, "timeout_ms": 60000}),
+        )
+        .expect(200);
     }
 
     /// Every process visible inside the sandbox (read from `/proc/*/cmdline`, no `ps`);
