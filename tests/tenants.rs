@@ -425,6 +425,15 @@ fn tenants_see_and_touch_only_their_own_sandboxes() {
     let ops = call(&server, OPS, Method::GET, "/v1/tenant", None).json();
     assert_eq!(ops["admin"], true, "{ops}");
 
+    // Metrics count every tenant's sandboxes: admin keys only.
+    let m = call(&server, ACME, Method::GET, "/metrics", None);
+    m.expect_error(403, "permission_denied");
+    for admin in [ADMIN, OPS] {
+        let m = call(&server, admin, Method::GET, "/metrics", None);
+        m.expect(200);
+        assert!(m.text().contains("sandpit_sandboxes"), "{}", m.text());
+    }
+
     // Owners delete their own.
     call(
         &server,
