@@ -11,6 +11,7 @@
 pub mod acontext;
 pub mod agentpod;
 pub mod artifact;
+pub mod cloudflare;
 pub mod kapin;
 pub mod rlm;
 
@@ -57,12 +58,13 @@ pub enum AuthFailure {
 }
 
 /// Every dialect sandpit serves.
-pub const DIALECTS: [&Dialect; 5] = [
+pub const DIALECTS: [&Dialect; 6] = [
     &acontext::DIALECT,
     &artifact::DIALECT,
     &rlm::DIALECT,
     &kapin::DIALECT,
     &agentpod::DIALECT,
+    &cloudflare::DIALECT,
 ];
 /// Dialects described in the source documents but not built yet.
 const PLANNED: [&str; 0] = [];
