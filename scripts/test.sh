@@ -7,6 +7,8 @@
 # Then, on a full run (no arguments, SANDPIT_SKIP_PYTHON unset), the Python SDK's tests
 # (mypy --strict, then clients/python/tests) in a venv against the release binary. Fails if
 # any part fails.
+# Then, on a full run (SANDPIT_SKIP_NODE unset), the Cloudflare Sandbox SDK tests: `npm ci`
+# in tests/cloudflare and `node --import ./register.mjs --test` against the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -24,6 +26,18 @@ if [[ $# -eq 0 && -z "${SANDPIT_SKIP_PYTHON:-}" ]]; then
       status=1
   else
     echo "=== could not set up the Python venv ===" >&2
+    status=1
+  fi
+fi
+
+if [[ $# -eq 0 && -z "${SANDPIT_SKIP_NODE:-}" ]]; then
+  target="${CARGO_TARGET_DIR:-$PWD/target}"
+  echo "=== Cloudflare Sandbox SDK tests (tests/cloudflare) ==="
+  if (cd tests/cloudflare && npm ci --no-audit --no-fund --loglevel=error); then
+    (cd tests/cloudflare && SANDPIT_BIN="$target/release/sandpit" node --import ./register.mjs --test) ||
+      status=1
+  else
+    echo "=== could not install tests/cloudflare (npm ci) ===" >&2
     status=1
   fi
 fi
