@@ -83,12 +83,24 @@ export class Server {
     });
   }
 
+  /** Deletes every sandbox (they outlive the server), then stops it and removes its data. */
   async stop() {
     if (this.child && this.child.exitCode === null) {
+      const headers = { authorization: `Bearer ${this.token}` };
+      try {
+        const list = await (await fetch(`http://127.0.0.1:${this.port}/v1/sandboxes`, { headers })).json();
+        await Promise.all((list.sandboxes ?? []).map(async (sb) => {
+          const r = await fetch(`http://127.0.0.1:${this.port}/v1/sandboxes/${sb.id}`, { method: 'DELETE', headers });
+          if (r.status !== 204 && r.status !== 404) console.error(`cleanup: DELETE ${sb.id}: ${r.status}`);
+        }));
+      } catch (e) {
+        console.error(`cleanup: cannot delete the sandboxes: ${e}`);
+      }
       const gone = new Promise((ok) => this.child.once('exit', ok));
       this.child.kill('SIGTERM');
-      await Promise.race([gone, sleep(10000)]);
-      if (this.child.exitCode === null) this.child.kill('SIGKILL');
+      const force = setTimeout(() => this.child.kill('SIGKILL'), 10000);
+      await gone;
+      clearTimeout(force);
     }
     rmSync(this.dataDir, { recursive: true, force: true });
   }

@@ -89,6 +89,9 @@ test('files: write, read, mkdir, list, exists, rename, move, delete and missing-
   assert.equal(r.encoding, 'utf-8');
   assert.equal(r.isBinary, false);
   assert.equal(r.size, 7);
+  const asB64 = await c.files.readFile('/workspace/notes/a.txt', undefined, { encoding: 'base64' });
+  assert.equal(asB64.encoding, 'base64');
+  assert.equal(Buffer.from(asB64.content, 'base64').toString(), 'héllo\n');
 
   // Binary content round-trips as base64.
   const bytes = Buffer.from([0, 255, 1, 254, 10]);
@@ -343,4 +346,24 @@ test('the dialect needs the bearer token and answers unknown routes in the SDK s
   assert.equal(badId.code, 'VALIDATION_FAILED');
   const noCommand = await rejection(c.commands.execute('', undefined));
   assert.equal(noCommand.name, 'CommandError');
+  const lang = await rejection(c.interpreter.createCodeContext({ language: 'cobol' }));
+  assert.equal(lang.code, 'VALIDATION_FAILED');
+
+  // Bodies the SDK would not send are refused in its shape, and the server stays up.
+  const raw = (path, body) => fetch(`${server.baseUrl(id)}${path}`, {
+    method: 'POST', body, headers: { authorization: `Bearer ${server.token}` },
+  });
+  for (const [path, body] of [['/api/write', '{not json'], ['/api/read', '[]'], ['/api/execute', '{"command": 5}'],
+    ['/api/list-files', '{"path": "/workspace", "options": 7}'], ['/api/git/checkout', '{"repoUrl": "x", "depth": -1}']]) {
+    const r = await raw(path, body);
+    assert.equal(r.status, 400, `${path} ${body}`);
+    const e = await r.json();
+    assert.equal(e.httpStatus, 400);
+    assert.ok(e.code && e.message && e.timestamp, JSON.stringify(e));
+  }
+  // `background: true` (in the SDK's ExecuteRequest type) starts a process.
+  const bg = await (await raw('/api/execute', JSON.stringify({ command: 'echo bg', background: true }))).json();
+  assert.equal(bg.success, true);
+  assert.ok(bg.processId, JSON.stringify(bg));
+  assert.equal(await c.utils.ping(), 'pong');
 });

@@ -753,7 +753,11 @@ async fn list_files(
     Lenient(body): Lenient,
 ) -> Answer {
     let path = path_of(&body)?;
-    let options = body.get("options").cloned().unwrap_or(Value::Null);
+    let options = match body.get("options") {
+        None | Some(Value::Null) => Value::Null,
+        Some(o @ Value::Object(_)) => o.clone(),
+        Some(_) => return Err(validation("options must be an object")),
+    };
     let recursive = options
         .get("recursive")
         .and_then(Value::as_bool)
@@ -1084,7 +1088,7 @@ fn language_of(body: &Value) -> Result<String, CompatError> {
         "python" | "python3" => Ok("python".into()),
         "javascript" | "js" => Ok("javascript".into()),
         other => Err(cf_error(
-            StatusCode::NOT_IMPLEMENTED,
+            StatusCode::BAD_REQUEST,
             "VALIDATION_FAILED",
             format!("language '{other}' is not available; use python or javascript"),
             json!({"language": other}),
