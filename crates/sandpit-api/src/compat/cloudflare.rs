@@ -1073,7 +1073,11 @@ async fn stream_logs(
                 return;
             }
             if drained {
-                tokio::time::sleep(FOLLOW_EVERY).await;
+                // A client that went away ends the follower even while nothing is written.
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                }
             }
         }
     }));
