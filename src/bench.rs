@@ -54,9 +54,15 @@ fn time_n(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result
         .collect()
 }
 
-struct OwnServer {
+pub(crate) struct OwnServer {
     child: Child,
     _dir: tempfile::TempDir,
+}
+
+impl OwnServer {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for OwnServer {
@@ -66,7 +72,7 @@ impl Drop for OwnServer {
     }
 }
 
-fn start_server() -> anyhow::Result<(String, OwnServer)> {
+pub(crate) fn start_server() -> anyhow::Result<(String, OwnServer)> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -100,7 +106,7 @@ fn start_server() -> anyhow::Result<(String, OwnServer)> {
     bail!("the server did not become healthy")
 }
 
-fn client() -> anyhow::Result<reqwest::blocking::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::blocking::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Ok(token) = std::env::var("SANDPIT_AUTH_TOKEN") {
         headers.insert(

@@ -3,6 +3,7 @@
 //! The client subcommands (`create`, `exec`, `cp`, ...) live in `cli.rs`.
 
 mod bench;
+mod bench_load;
 mod cli;
 mod config;
 
@@ -29,6 +30,8 @@ enum Command {
     Serve(config::ServeArgs),
     /// Measure create and exec latency against a bare process spawn.
     Bench(bench::BenchArgs),
+    /// A bounded load test: many clients on many sandboxes for a fixed time, every answer checked.
+    BenchLoad(bench_load::LoadArgs),
     /// Read an API key on stdin and print its hex SHA-256, for `key_sha256` in `[[tenants]]`.
     HashKey,
     /// Run the agent inside a sandbox (started by `sandpit jail`).
@@ -56,6 +59,7 @@ fn main() {
             report(serve(args))
         }
         Command::Bench(args) => report(bench::run(args)),
+        Command::BenchLoad(args) => report(bench_load::run(args)),
         Command::Client(cmd) => {
             install_tls_provider();
             cli::main(cmd)

@@ -974,7 +974,33 @@ impl SandboxManager {
     }
 
     async fn call(&self, id: &str, req: Request) -> Result<Reply, CoreError> {
-        self.ready(id).await?.agent.call(&req).await
+        self.on_agent(id, |h| {
+            let req = &req;
+            async move { h.agent.call(req).await }
+        })
+        .await
+    }
+
+    /// Runs `op` on a ready sandbox. A sleep (or a restart) that ran while it was in flight
+    /// breaks its agent connection: once the sandbox is up again on a new life, `op` runs
+    /// once more there. On the same life the agent itself failed, and that error stands.
+    async fn on_agent<T, F, Fut>(&self, id: &str, op: F) -> Result<T, CoreError>
+    where
+        F: Fn(Arc<Handle>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CoreError>>,
+    {
+        let h = self.ready(id).await?;
+        let life = h.record().launched;
+        match op(h).await {
+            Err(e @ CoreError::Unavailable { .. }) if life.is_some() => {
+                let again = self.ready(id).await?;
+                if again.record().launched == life {
+                    return Err(e);
+                }
+                op(again).await
+            }
+            other => other,
+        }
     }
 
     pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<Entry>, CoreError> {

@@ -1,5 +1,6 @@
 //! `GET /v1/sandboxes/{id}/pty`: an interactive terminal over a WebSocket.
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
@@ -39,17 +40,19 @@ fn size(parts: &axum::http::request::Parts, name: &str, default: u16) -> Result<
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/pty", tag = "terminals", operation_id = "open_pty",
     params(SandboxPath, PtyQuery),
     responses((status = 101, description = "Switching Protocols: the connection is now a WebSocket"),
-        (status = 400, description = "`bad_request`: `cols` or `rows` out of range \
-            (a request that is not a WebSocket upgrade answers 400 in plain text)", body = ErrorBody),
+        (status = 400, description = "`bad_request`: `cols` or `rows` out of range, or not a \
+            WebSocket upgrade request", body = ErrorBody),
         (status = 404, description = "`not_found`: no such sandbox", body = ErrorBody),
-        (status = 426, description = "Upgrade Required: the connection cannot be upgraded (plain text)"),
+        (status = 405, description = "`method_not_allowed`: a WebSocket upgrade must be a GET", body = ErrorBody),
+        (status = 426, description = "`upgrade_required`: the connection cannot be upgraded", body = ErrorBody),
         AgentErrors))]
 pub async fn open(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let ws = ws.map_err(upgrade_error)?;
     let (parts, _) = req.into_parts();
     let cols = size(&parts, "cols", 80)?;
     let rows = size(&parts, "rows", 24)?;
@@ -60,6 +63,22 @@ pub async fn open(
         let _busy = busy;
         bridge(socket, input, output).await;
     }))
+}
+
+/// axum's plain-text rejection of a request that is not a WebSocket upgrade, as the API's
+/// JSON error with the same status.
+pub(crate) fn upgrade_error(rejection: WebSocketUpgradeRejection) -> ApiError {
+    let status = rejection.status();
+    let code = match status {
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        axum::http::StatusCode::UPGRADE_REQUIRED => "upgrade_required",
+        _ => "bad_request",
+    };
+    ApiError::new(
+        status,
+        code,
+        format!("not a WebSocket upgrade: {}", rejection.body_text()),
+    )
 }
 
 async fn bridge(socket: WebSocket, mut input: PtyInput, mut output: PtyOutput) {

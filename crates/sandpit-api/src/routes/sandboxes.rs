@@ -16,6 +16,8 @@ use crate::{ApiError, AppState};
         (status = 400, description = "`invalid_id`, `bad_request` (limits, env, network, allow), `invalid_json`", body = ErrorBody),
         (status = 409, description = "`already_exists`: the id is taken (by any tenant: the answer \
             is the same, and says nothing of whose it is)", body = ErrorBody),
+        (status = 404, description = "`snapshot_not_found`: `restore` names a snapshot that \
+            does not exist", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 429, description = "`quota_exceeded`: a quota of the caller's tenant \
             (max_sandboxes, max_memory_mb, creations_per_minute) is used up; `Retry-After` \

@@ -154,9 +154,11 @@ impl SandboxManager {
                 "excludes: at most 256 patterns of at most 1024 bytes".into(),
             ));
         }
-        let h = self.ready(id).await?;
         let rec = self
-            .snapshot_handle(&h, req.name, path, &req.excludes)
+            .on_agent(id, |h| {
+                let (name, path, excludes) = (req.name.clone(), path.clone(), &req.excludes);
+                async move { self.snapshot_handle(&h, name, path, excludes).await }
+            })
             .await?;
         Ok(rec.view())
     }
