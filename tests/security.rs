@@ -1007,3 +1007,294 @@ fn child_resource_ids_cannot_traverse_host_paths() {
     );
     assert_eq!(server.run_ok(&id, "echo ok"), "ok\n");
 }
+
+/// Paths that name the host vault through a symlink, `..` or `/proc/*/root` from inside a
+/// sandbox where `/workspace/esc` links to `/` and `/workspace/vault` to the vault's path.
+fn escape_paths(v: &str) -> Vec<String> {
+    vec![
+        format!("/workspace/esc{v}/secret.txt"),
+        "/workspace/vault/secret.txt".to_string(),
+        format!("/workspace/../../../..{v}/secret.txt"),
+        format!("/workspace/esc/proc/1/root{v}/secret.txt"),
+        format!("/workspace/esc/proc/self/root/../..{v}/secret.txt"),
+        format!("{v}/secret.txt"),
+    ]
+}
+
+#[test]
+fn dialect_file_routes_never_reach_a_host_file() {
+    let (server, id) = contained();
+    let vault = Vault::new();
+    let v = vault.path();
+    server.run_ok(
+        &id,
+        &format!("ln -s / /workspace/esc && ln -s {v} /workspace/vault && echo inside > /workspace/own.txt"),
+    );
+    let secret = String::from_utf8_lossy(VAULT_SECRET).into_owned();
+    let artifact = |method: Method, p: &str, body: Option<serde_json::Value>| {
+        let mut rb = server
+            .req(method, &format!("/compat/artifact{p}"))
+            .header("x-sandbox-id", &id);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        server.send(rb)
+    };
+    // Each dialect reads a file of the sandbox itself: the routes work, so a refusal below
+    // is the path check and not a broken route.
+    let rlm_read = |p: &str| {
+        server.request(
+            Method::GET,
+            &format!("/compat/rlm/sandbox/read?sandbox_id={id}&path={}", enc(p)),
+        )
+    };
+    let acontext_download = |p: &str| {
+        server.request_json(
+            Method::POST,
+            &format!("/compat/acontext/sandbox/{id}/download"),
+            &json!({"file_path": p, "encoding": "utf-8"}),
+        )
+    };
+    let artifact_read = |p: &str| artifact(Method::GET, &format!("/file?path={}", enc(p)), None);
+    for (dialect, r) in [
+        ("rlm", rlm_read("/workspace/own.txt")),
+        ("acontext", acontext_download("/workspace/own.txt")),
+        ("artifact", artifact_read("/workspace/own.txt")),
+    ] {
+        assert!(
+            r.status == 200 && r.text().contains("inside"),
+            "{dialect} cannot read the sandbox's own file: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    let mut holes = Vec::new();
+    for (i, file) in escape_paths(&v).iter().enumerate() {
+        for (dialect, r) in [
+            ("rlm read", rlm_read(file)),
+            ("acontext download", acontext_download(file)),
+            ("artifact GET /file", artifact_read(file)),
+            (
+                "kapin ls",
+                server.request(
+                    Method::GET,
+                    &format!(
+                        "/compat/kapin/sandboxes/{id}/ls?path={}",
+                        enc(file.trim_end_matches("/secret.txt"))
+                    ),
+                ),
+            ),
+        ] {
+            if r.text().contains(&secret) || r.text().contains("secret.txt") {
+                holes.push(format!("{dialect} {file}: {} {}", r.status, r.text()));
+            }
+        }
+        let planted = file.replace("secret.txt", &format!("planted-{i}"));
+        let _ = server.request_json(
+            Method::POST,
+            "/compat/rlm/sandbox/write",
+            &json!({"sandbox_id": id, "path": planted, "content": "x"}),
+        );
+        let _ = server.request_json(
+            Method::POST,
+            &format!("/compat/acontext/sandbox/{id}/upload"),
+            &json!({"file_path": planted, "content": "x", "encoding": "utf-8"}),
+        );
+        let _ = artifact(
+            Method::PUT,
+            "/file",
+            Some(json!({"path": planted, "content": "x"})),
+        );
+        let _ = artifact(Method::DELETE, &format!("/file?path={}", enc(file)), None);
+        let _ = artifact(
+            Method::POST,
+            "/mkdir",
+            Some(json!({"path": file.replace("secret.txt", &format!("dir-{i}"))})),
+        );
+        let _ = artifact(
+            Method::POST,
+            "/move",
+            Some(json!({"from": "/workspace/own.txt", "to": planted})),
+        );
+        let stolen = format!("/workspace/stolen-{i}");
+        let _ = artifact(
+            Method::POST,
+            "/rename",
+            Some(json!({"oldPath": file, "newPath": stolen})),
+        );
+        let _ = artifact(
+            Method::POST,
+            "/move",
+            Some(json!({"from": file, "to": stolen})),
+        );
+        if server
+            .exec(&id, &format!("cat {stolen} 2>/dev/null"))
+            .stdout
+            .contains(&secret)
+        {
+            holes.push(format!(
+                "artifact move/rename of {file} stole the host secret"
+            ));
+        }
+        let _ = server.exec(
+            &id,
+            "test -e /workspace/own.txt || echo inside > /workspace/own.txt",
+        );
+        vault.assert_untouched(&format!("dialect file routes through {file}"));
+    }
+    assert!(
+        holes.is_empty(),
+        "dialect file escapes:\n{}",
+        holes.join("\n")
+    );
+}
+
+#[test]
+fn snapshot_and_restore_paths_stay_inside() {
+    let (server, id) = contained();
+    let vault = Vault::new();
+    let v = vault.path();
+    server.run_ok(
+        &id,
+        &format!("ln -s / /workspace/esc && ln -s {v} /workspace/vault && mkdir -p /workspace/keep && echo kept > /workspace/keep/a"),
+    );
+    let secret = String::from_utf8_lossy(VAULT_SECRET).into_owned();
+    let mut holes = Vec::new();
+    let dirs = [
+        format!("/workspace/esc{v}"),
+        "/workspace/vault".to_string(),
+        format!("/workspace/../../..{v}"),
+        format!("/workspace/esc/proc/1/root{v}"),
+        v.clone(),
+    ];
+    for d in &dirs {
+        // A snapshot of a path that names the host vault archives the sandbox's view of
+        // it (nothing, or an error), never the host's files; restoring it writes nothing
+        // on the host.
+        let r = server.request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/snapshots"),
+            &json!({"path": d}),
+        );
+        if r.status >= 500 {
+            holes.push(format!("snapshot of {d}: {} {}", r.status, r.text()));
+        }
+        if r.status == 201 || r.status == 200 {
+            let snap = r.json()["id"].as_str().unwrap_or_default().to_string();
+            let r = server.request_json(
+                Method::POST,
+                &format!("/v1/sandboxes/{id}/restore"),
+                &json!({"snapshot": snap}),
+            );
+            if r.status >= 500 {
+                holes.push(format!("restore of {d}: {} {}", r.status, r.text()));
+            }
+        }
+        vault.assert_untouched(&format!("snapshot/restore of {d}"));
+    }
+    // A snapshot of the whole sandbox, restored into a second one: the symlinks come back
+    // as symlinks, the host secret is in neither.
+    let r = server.request_json(
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        &json!({}),
+    );
+    r.expect(201);
+    let snap = r.json()["id"].as_str().unwrap_or_default().to_string();
+    let other = server.new_sandbox();
+    server
+        .request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{other}/restore"),
+            &json!({"snapshot": snap, "from_sandbox": id}),
+        )
+        .expect(200);
+    assert_eq!(server.run_ok(&other, "cat /workspace/keep/a"), "kept\n");
+    let found = server.exec(
+        &other,
+        &format!("grep -rs {secret} /workspace /tmp /root 2>/dev/null; readlink /workspace/vault"),
+    );
+    if found.stdout.contains(&secret) {
+        holes.push(format!("restored sandbox holds the host secret: {found:?}"));
+    }
+    assert_eq!(
+        found.stdout.trim(),
+        v,
+        "the symlink is restored as a symlink"
+    );
+    assert!(holes.is_empty(), "snapshot escapes:\n{}", holes.join("\n"));
+    vault.assert_untouched("snapshot and restore");
+}
+
+#[test]
+fn ptrace_and_process_memory_of_a_neighbour_are_unreachable() {
+    let server = Server::start();
+    let a = server.new_sandbox();
+    let b = server.new_sandbox();
+    assert_contained(&server, &a);
+    assert_contained(&server, &b);
+    server.run_ok(&b, "nohup sleep 7772 >/dev/null 2>&1 &");
+    server.wait_for_process(&b, "sleep 7772");
+    let host_pid: u32 = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x007772\x00"))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+        .expect("host pid of b's sleep");
+    // ptrace(PTRACE_ATTACH), PTRACE_SEIZE, process_vm_readv, pidfd_open and kill(0) on the
+    // neighbour's host pid, and on the sandbox's own init (the agent) with PTRACE_ATTACH.
+    let script = format!(
+        "import ctypes, os\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         libc.syscall.restype = ctypes.c_long\n\
+         def call(nr, *args):\n\
+         \x20   r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])\n\
+         \x20   return 0 if r >= 0 else ctypes.get_errno()\n\
+         buf = ctypes.create_string_buffer(16)\n\
+         iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 16)\n\
+         p = {host_pid}\n\
+         print('attach', call(101, 16, p, 0, 0))\n\
+         print('seize', call(101, 0x4206, p, 0, 0))\n\
+         print('vm_readv', call(310, p, ctypes.addressof(iov), 1, ctypes.addressof(iov), 1, 0))\n\
+         print('pidfd_open', call(434, p, 0))\n\
+         try:\n\
+         \x20   os.kill(p, 0); print('kill', 0)\n\
+         except OSError as e:\n\
+         \x20   print('kill', e.errno)\n\
+         print('proc', int(os.path.exists('/proc/%d' % p)))\n"
+    );
+    let r = py(&server, &a, &script);
+    let out = r.stdout.clone();
+    let results: std::collections::BTreeMap<&str, i64> = out
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k, v.trim().parse().ok()?))
+        })
+        .collect();
+    assert_eq!(results.len(), 6, "unexpected output: {r:?}");
+    // The pid either does not exist in a's pid namespace (ESRCH = 3) or, should a's own
+    // process have the same number, is a's own, never b's.
+    let own = server.exec(&a, &format!("test -e /proc/{host_pid}"));
+    if own.exit_code != 0 {
+        for (k, v) in &results {
+            let want = if *k == "proc" { 0 } else { 3 };
+            assert_eq!(*v, want, "{k} on b's host pid {host_pid} from a: {r:?}");
+        }
+    }
+    assert!(
+        Path::new(&format!("/proc/{host_pid}/status")).exists(),
+        "b's sleep died"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap_or_default();
+    let tracer = status
+        .lines()
+        .find(|l| l.starts_with("TracerPid:"))
+        .unwrap_or("TracerPid: ?");
+    assert_eq!(
+        tracer.split_whitespace().nth(1),
+        Some("0"),
+        "b's sleep is traced"
+    );
+    assert_eq!(server.run_ok(&b, "echo alive"), "alive\n");
+}

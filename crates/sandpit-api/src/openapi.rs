@@ -357,7 +357,8 @@ mod shapes {
     pub struct RunResult {
         stdout: String,
         stderr: String,
-        execution_count: i64,
+        /// `null` when the interpreter died before counting the run.
+        execution_count: Option<i64>,
         timed_out: bool,
         /// Output past the server's cap was dropped.
         truncated: bool,

@@ -995,8 +995,10 @@ impl SandboxManager {
             Err(e @ CoreError::Unavailable { .. }) if life.is_some() => {
                 let again = self.ready(id).await?;
                 if again.record().launched == life {
+                    tracing::debug!(sandbox = %id, error = %e, "agent call failed on the same life");
                     return Err(e);
                 }
+                tracing::debug!(sandbox = %id, error = %e, "agent call sent again on the sandbox's new life");
                 op(again).await
             }
             other => other,

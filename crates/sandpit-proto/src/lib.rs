@@ -398,6 +398,10 @@ impl AgentError {
             K::StorageFull => ErrorCode::NoSpace,
             K::InvalidInput | K::InvalidFilename => ErrorCode::InvalidPath,
             K::ReadOnlyFilesystem => ErrorCode::PermissionDenied,
+            // EBUSY: a mount point (`/proc`, `/dev`) cannot be removed or replaced.
+            K::ResourceBusy => ErrorCode::PermissionDenied,
+            // EXDEV: a rename across mounts.
+            K::CrossesDevices => ErrorCode::BadRequest,
             _ => match err.raw_os_error() {
                 // ENXIO: a FIFO without a reader; ELOOP; ENAMETOOLONG.
                 Some(6) | Some(40) | Some(36) => ErrorCode::InvalidPath,
