@@ -41,4 +41,11 @@ if [[ $# -eq 0 && -z "${SANDPIT_SKIP_NODE:-}" ]]; then
     status=1
   fi
 fi
+
+# On a full run (SANDPIT_SKIP_FUZZ unset): schemathesis against the release binary's
+# /openapi.json (scripts/fuzz.sh: no 5xx, status codes, content types and bodies as documented).
+if [[ $# -eq 0 && -z "${SANDPIT_SKIP_FUZZ:-}" ]]; then
+  echo "=== schemathesis fuzz (scripts/fuzz.sh) ==="
+  SANDPIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/sandpit" scripts/fuzz.sh || status=1
+fi
 exit "$status"
