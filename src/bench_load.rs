@@ -97,7 +97,7 @@ fn one(
             Ok((status, body))
         };
     match n % 8 {
-        0 | 1 | 2 => {
+        0..=2 => {
             let word = format!("w{client_no}x{n}");
             let r = send(
                 c.post(format!("{sb}/exec"))
