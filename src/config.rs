@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// URL cannot carry a path; native routes win where paths collide.
     #[arg(long, value_name = "NAME")]
     pub root_dialect: Option<String>,
+    /// Ready sandboxes kept for creates to take (0 disables the warm pool) [default: 2].
+    #[arg(long)]
+    pub pool_size: Option<usize>,
 }
 
 /// The config file's shape.
@@ -53,6 +56,16 @@ struct FileConfig {
     storage: sandpit_core::snapshot::StorageConfig,
     #[serde(default)]
     tenants: Vec<TenantFile>,
+    /// The warm pool.
+    #[serde(default)]
+    pool: PoolFile,
+}
+
+/// `[pool]`: how many ready sandboxes of the default spec to keep.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFile {
+    size: Option<usize>,
 }
 
 /// One `[[tenants]]` entry: its API keys (hex SHA-256, from `sandpit hash-key`) and quotas.
@@ -195,6 +208,8 @@ pub struct Config {
     defaults: Defaults,
     /// Snapshot storage (`[storage]`); default: `<data dir>/snapshots`.
     pub storage: sandpit_core::snapshot::StorageConfig,
+    /// Warm pool size (`--pool-size`, `[pool] size`); `None`: the core's default.
+    pub pool_size: Option<usize>,
 }
 
 impl Config {
@@ -254,6 +269,7 @@ impl Config {
             webhooks,
             defaults: file.defaults,
             storage: file.storage,
+            pool_size: args.pool_size.or(file.pool.size),
         })
     }
 
@@ -279,6 +295,7 @@ impl Config {
             default_sleep_after_seconds: d
                 .sleep_after_seconds
                 .unwrap_or(base.default_sleep_after_seconds),
+            pool_size: self.pool_size.unwrap_or(base.pool_size),
         }
     }
 }

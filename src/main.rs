@@ -139,6 +139,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         manager.set_storage(storage)?;
         manager.recover().await?;
         let reaper = manager.spawn_reaper();
+        manager.start_pool();
         let tenants = cfg.keys.enabled();
         let app = sandpit_api::router(sandpit_api::AppState {
             manager: manager.clone(),
@@ -159,6 +160,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         reaper.abort();
+        manager.close_pool().await;
         manager.flush();
         tracing::info!("stopped; sandboxes keep running and are re-attached at the next start");
         Ok::<_, anyhow::Error>(())

@@ -24,6 +24,7 @@ use crate::store::{PortToken, Store};
 use crate::tenant::{self, Caller};
 use crate::CoreError;
 
+mod pool;
 mod snapshots;
 
 /// Settings of the core, read once by the binary from flags, env and the config file.
@@ -41,6 +42,8 @@ pub struct CoreConfig {
     pub webhooks: Vec<crate::events::Webhook>,
     /// Idle time after which a sandbox that does not say otherwise sleeps; 0 means never.
     pub default_sleep_after_seconds: u64,
+    /// Ready sandboxes of the default spec kept for creates to take; 0 disables the pool.
+    pub pool_size: usize,
 }
 
 impl Default for CoreConfig {
@@ -59,6 +62,7 @@ impl Default for CoreConfig {
             reap_interval: Duration::from_secs(1),
             webhooks: Vec::new(),
             default_sleep_after_seconds: 0,
+            pool_size: 2,
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct SandboxManager {
     storage: std::sync::OnceLock<Arc<ObjectStorage>>,
     /// Creation times (ms) of each tenant's sandboxes in the last minute, for its rate quota.
     creations: Mutex<HashMap<String, std::collections::VecDeque<i64>>>,
+    /// The warm pool.
+    pool: pool::Pool,
 }
 
 /// The session that commands naming no other run in, created on first use.
@@ -203,13 +209,18 @@ impl SandboxManager {
         };
         Arc::new(Self {
             events: Events::start(cfg.webhooks.clone()),
+            pool: pool::Pool::new(if runtime.can_adopt() {
+                cfg.pool_size
+            } else {
+                0
+            }),
             runtime,
             store,
-            cfg,
             sandboxes: RwLock::new(HashMap::new()),
             shell,
             storage: std::sync::OnceLock::new(),
             creations: Mutex::default(),
+            cfg,
         })
     }
 
@@ -377,7 +388,7 @@ impl SandboxManager {
             }
         }
         let now = now_ms();
-        let handle = {
+        let (handle, pooled) = {
             let mut map = self.map_mut();
             // Ids are one namespace for all tenants: the answer is the same whoever holds it.
             if map.contains_key(&id) {
@@ -387,8 +398,17 @@ impl SandboxManager {
                 self.check_quotas(&map, c, limits.memory_mb, None)?;
                 self.check_rate(c)?;
             }
-            let used: HashSet<u32> = map.values().map(|h| h.record().slot).collect();
-            let slot = (0..).find(|s| !used.contains(s)).unwrap_or(0);
+            // A create the warm pool can satisfy (default network, no restore) takes a ready
+            // sandbox; limits, env, keepalive and the rest are applied at the hand-over.
+            let pooled = (restore.is_none() && network == Default::default())
+                .then(|| self.pool.take())
+                .flatten();
+            let mut used: HashSet<u32> = map.values().map(|h| h.record().slot).collect();
+            used.extend(self.pool.reserved_slots());
+            let slot = match &pooled {
+                Some(p) => p.slot,
+                None => (0..).find(|s| !used.contains(s)).unwrap_or(0),
+            };
             let handle = self.new_handle(Record {
                 id: id.clone(),
                 status: Status::Starting,
@@ -410,13 +430,20 @@ impl SandboxManager {
                 tenant: owner,
             });
             map.insert(id.clone(), handle.clone());
-            handle
+            (handle, pooled)
         };
         let life = handle.life.lock().await;
         let result = async {
             // A token left by a sandbox of the same id (a delete racing a token's creation)
             // must not open this one.
             self.store.delete_port_tokens(&id)?;
+            if let Some(p) = pooled {
+                match self.hand_over(&handle, p).await {
+                    Ok(()) => return self.store.put(&handle.record().clone()),
+                    // The pooled sandbox is gone; its slot is this record's: start cold.
+                    Err(e) => tracing::warn!(sandbox = %id, error = %e, "pool hand-over failed"),
+                }
+            }
             self.store.put(&handle.record().clone())?;
             self.start(&handle).await
         }

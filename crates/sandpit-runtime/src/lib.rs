@@ -109,4 +109,20 @@ pub trait Runtime: Send + Sync {
         let _ = (id, launched, limits);
         Err("this runtime cannot change limits of a running sandbox".into())
     }
+
+    /// Whether [`Runtime::adopt`] works here (the warm pool needs it).
+    fn can_adopt(&self) -> bool {
+        false
+    }
+
+    /// Gives the running sandbox `from` (made ahead of time for the warm pool) the id `to`,
+    /// its hostname included: from then on every call names it `to`. Fails when `to` has
+    /// files already.
+    async fn adopt(&self, from: &str, to: &str, launched: Launched) -> Result<(), RuntimeError> {
+        let _ = (from, launched);
+        Err(RuntimeError::Launch {
+            id: to.to_string(),
+            message: "this runtime cannot rename a sandbox".into(),
+        })
+    }
 }

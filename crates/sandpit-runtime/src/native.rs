@@ -76,6 +76,16 @@ impl NativeRuntime {
         self.opts.data_dir.join("sandboxes").join(id)
     }
 
+    /// The name of the sandbox's cgroups: its id, or the id it was made under when it came
+    /// from the warm pool (cgroup v2 cannot rename a cgroup), as recorded by `adopt`.
+    fn cgroup_name(&self, id: &str) -> String {
+        std::fs::read_to_string(self.sandbox_dir(id).join(CGROUP_NAME_FILE))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| id.to_string())
+    }
+
     fn err(id: &str, message: impl Into<String>) -> RuntimeError {
         RuntimeError::Launch {
             id: id.to_string(),
@@ -221,13 +231,16 @@ fn instance_name(data_dir: &Path) -> String {
     format!("{:08x}", h as u32)
 }
 
+/// File in a sandbox's directory naming its cgroups when they are not named by its id.
+const CGROUP_NAME_FILE: &str = "cgroup-name";
+
 #[async_trait::async_trait]
 impl Runtime for NativeRuntime {
     async fn start(&self, spec: &LaunchSpec) -> Result<(Launched, Vec<String>), RuntimeError> {
         let id = spec.id.clone();
         let cgroups = self.cgroups.clone();
         let limits = spec.limits;
-        let cg_id = id.clone();
+        let cg_id = self.cgroup_name(&id);
         let (cg, mut warnings) =
             tokio::task::spawn_blocking(move || cgroups.create(&cg_id, &limits))
                 .await
@@ -293,7 +306,7 @@ impl Runtime for NativeRuntime {
             crate::net::kill(&helper);
         }
         crate::net::kill_recorded(&self.sandbox_dir(id));
-        let cg = self.cgroups.dirs_of(id);
+        let cg = self.cgroups.dirs_of(&self.cgroup_name(id));
         tokio::task::spawn_blocking(move || cgroup::destroy(&cg))
             .await
             .map_err(|e| Self::err(id, e.to_string()))?;
@@ -365,8 +378,54 @@ impl Runtime for NativeRuntime {
                 })?;
             }
         }
-        self.cgroups.update(id, limits)
+        self.cgroups.update(&self.cgroup_name(id), limits)
     }
+
+    /// Setting the hostname from outside needs CAP_SYS_ADMIN on the host: root only.
+    fn can_adopt(&self) -> bool {
+        self.privileged
+    }
+
+    async fn adopt(&self, from: &str, to: &str, launched: Launched) -> Result<(), RuntimeError> {
+        let (old, new) = (self.sandbox_dir(from), self.sandbox_dir(to));
+        if new.symlink_metadata().is_ok() {
+            return Err(Self::err(
+                to,
+                "files of a sandbox with this id are still on disk",
+            ));
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RuntimeError::Io {
+                id: to.to_string(),
+                path,
+                source,
+            }
+        };
+        let name = old.join(CGROUP_NAME_FILE);
+        if !name.exists() {
+            std::fs::write(&name, self.cgroup_name(from)).map_err(io(&name))?;
+        }
+        // The sandbox's mounts hold its directories, not their paths: renaming the directory
+        // on the host leaves the running sandbox as it is, and its agent's socket moves along.
+        std::fs::rename(&old, &new).map_err(io(&old))?;
+        // The agent has no CAP_SYS_ADMIN: the server sets the hostname from outside.
+        set_hostname(launched.pid, to).map_err(|e| Self::err(to, format!("setting hostname: {e}")))
+    }
+}
+
+/// Sets the hostname of the UTS namespace of process `pid`, from a thread of its own (a
+/// namespace joined by `setns` is the thread's, and the thread ends right after).
+fn set_hostname(pid: i32, name: &str) -> std::io::Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/uts"))?;
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUTS)?;
+        nix::unistd::sethostname(&name)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the hostname thread panicked"))?
+    .map_err(std::io::Error::from)
 }
 
 /// Removes a sandbox directory even where the sandbox made parts of it unwritable.
