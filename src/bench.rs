@@ -534,7 +534,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut out = String::from("measure,ms\n");
         for r in &rows {
             for d in &r.samples {
-                out.push_str(&format!("{},{:.4}\n", r.name, d.as_secs_f64() * 1e3));
+                out.push_str(&format!("\"{}\",{:.4}\n", r.name, d.as_secs_f64() * 1e3));
             }
         }
         std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;

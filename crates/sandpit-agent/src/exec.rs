@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use sandpit_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
-use crate::reaper::{new_session, Reaper};
+use crate::reaper::Reaper;
 
 /// How long output is still collected after the command exits, for background children that
 /// keep its pipes open.
@@ -80,7 +81,11 @@ pub async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         return sink.finish();
     }
     let started = Instant::now();
-    let mut cmd = Command::new(program);
+    // An absolute program and a new process group (not a session) let the standard library
+    // spawn with posix_spawn (vfork-like) instead of fork + exec: a fork copies the agent's
+    // page tables, which the profile of an exec round trip showed (see docs/BENCHMARKS.md).
+    let mut cmd = Command::new(resolve(program, &spec.env));
+    cmd.arg0(program);
     cmd.args(&spec.argv[1..])
         .env_clear()
         .envs(&spec.env)
@@ -92,7 +97,8 @@ pub async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let spawned = reaper.spawn(new_session(&mut cmd));
+    // Its own process group: `tree` finds the command's processes by group and parentage.
+    let spawned = reaper.spawn(cmd.process_group(0));
     let (mut child, exited) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
@@ -221,6 +227,24 @@ struct ProcStat {
     pgrp: i32,
     session: i32,
     zombie: bool,
+}
+
+/// `program` as the kernel would find it with the command's own `PATH`: as given when it
+/// has a slash (or nothing matches: the spawn then fails as before), else the first
+/// executable file of that name in `PATH`.
+fn resolve(program: &str, env: &std::collections::BTreeMap<String, String>) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') || program.is_empty() {
+        return program.into();
+    }
+    let path = env.get("PATH").map_or("/usr/bin:/bin", String::as_str);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| program.into())
 }
 
 fn processes() -> Vec<ProcStat> {
