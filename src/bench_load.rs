@@ -178,7 +178,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let (base, own, pid) = match &args.server {
         Some(url) => (url.trim_end_matches('/').to_string(), None, args.server_pid),
         None => {
-            let (url, server) = start_server()?;
+            let (url, server) = start_server(0)?;
             let pid = server.pid();
             (url, Some(server), Some(pid))
         }
