@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Ready sandboxes kept for creates to take (0 disables the warm pool) [default: 2].
     #[arg(long)]
     pub pool_size: Option<usize>,
+    /// Also serve the e2b dialect at the root of this address (for E2B_API_URL and
+    /// E2B_SANDBOX_URL without a path).
+    #[arg(long, value_name = "ADDR")]
+    pub e2b_listen: Option<String>,
 }
 
 /// The config file's shape.
@@ -45,6 +49,7 @@ struct FileConfig {
     uid_base: Option<u32>,
     max_upload_mb: Option<u64>,
     root_dialect: Option<String>,
+    e2b_listen: Option<String>,
     /// Host-based port addressing: `{port}-{id}.{ports_domain}`.
     ports_domain: Option<String>,
     #[serde(default)]
@@ -200,6 +205,8 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// The dialect also mounted at `/`, checked to exist.
     pub root_dialect: Option<String>,
+    /// Second listener serving only the e2b dialect at `/`.
+    pub e2b_listen: Option<String>,
     /// Domain of host-based port addressing, without a leading dot.
     pub ports_domain: Option<String>,
     /// Every accepted API key (the tenants' and `SANDPIT_AUTH_TOKEN`), hashed.
@@ -264,6 +271,7 @@ impl Config {
             uid_base: file.uid_base.unwrap_or(1 << 28),
             max_upload_bytes: file.max_upload_mb.unwrap_or(4096) * 1024 * 1024,
             root_dialect,
+            e2b_listen: args.e2b_listen.or(file.e2b_listen),
             ports_domain,
             keys,
             webhooks,

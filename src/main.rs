@@ -141,7 +141,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         let reaper = manager.spawn_reaper();
         manager.start_pool();
         let tenants = cfg.keys.enabled();
-        let app = sandpit_api::router(sandpit_api::AppState {
+        let state = sandpit_api::AppState {
             manager: manager.clone(),
             token: cfg.token.clone().map(Arc::from),
             keys: Arc::new(std::mem::take(&mut cfg.keys)),
@@ -149,7 +149,12 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             max_upload_bytes: cfg.max_upload_bytes,
             root_dialect: cfg.root_dialect.as_deref().map(Arc::from),
             ports_domain: cfg.ports_domain.as_deref().map(Arc::from),
-        });
+        };
+        let e2b = match cfg.e2b_listen.as_deref() {
+            Some(a) => Some(serve_e2b(a, state.clone(), tenants || cfg.insecure).await?),
+            None => None,
+        };
+        let app = sandpit_api::router(state);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
@@ -161,10 +166,43 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             .await?;
         reaper.abort();
         manager.close_pool().await;
+        if let Some(e2b) = e2b {
+            e2b.abort();
+        }
         manager.flush();
         tracing::info!("stopped; sandboxes keep running and are re-attached at the next start");
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// `--e2b-listen`: the e2b dialect alone, at the root of its own address.
+async fn serve_e2b(
+    addr: &str,
+    state: sandpit_api::AppState,
+    may_be_public: bool,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--e2b-listen '{addr}'"))?;
+    if !may_be_public && !addr.ip().is_loopback() {
+        bail!("refusing --e2b-listen on {addr} without a token: set SANDPIT_AUTH_TOKEN, or pass --insecure");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr} (--e2b-listen)"))?;
+    tracing::info!(%addr, "serving the e2b dialect");
+    let app = sandpit_api::e2b_router(state);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the e2b listener failed");
+        }
+    }))
 }
 
 async fn shutdown_signal() {

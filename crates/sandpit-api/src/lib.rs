@@ -42,6 +42,13 @@ pub struct AppState {
     pub ports_domain: Option<Arc<str>>,
 }
 
+/// The e2b dialect alone at `/` (`--e2b-listen`), behind its own auth.
+pub fn e2b_router(state: AppState) -> Router {
+    compat::e2b_root(&state)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let files = Router::new()

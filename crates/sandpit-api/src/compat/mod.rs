@@ -12,6 +12,7 @@ pub mod acontext;
 pub mod agentpod;
 pub mod artifact;
 pub mod cloudflare;
+pub mod e2b;
 pub mod kapin;
 pub mod rlm;
 
@@ -58,13 +59,14 @@ pub enum AuthFailure {
 }
 
 /// Every dialect sandpit serves.
-pub const DIALECTS: [&Dialect; 6] = [
+pub const DIALECTS: [&Dialect; 7] = [
     &acontext::DIALECT,
     &artifact::DIALECT,
     &rlm::DIALECT,
     &kapin::DIALECT,
     &agentpod::DIALECT,
     &cloudflare::DIALECT,
+    &e2b::DIALECT,
 ];
 /// Dialects described in the source documents but not built yet.
 const PLANNED: [&str; 0] = [];
@@ -117,6 +119,11 @@ pub(crate) fn routes(state: &AppState) -> axum::Router<AppState> {
     })
 }
 
+/// The e2b dialect alone, for its own listener.
+pub(crate) fn e2b_root(state: &AppState) -> axum::Router<AppState> {
+    e2b::DIALECT.serve(state)
+}
+
 /// What answers requests no native route matches: the `--root-dialect` (so a native route
 /// always wins over a dialect's), or the native "no such route".
 pub(crate) fn root(state: &AppState) -> axum::Router {
@@ -143,7 +150,13 @@ async fn authorize(
     let caller = if state.keys.enabled() && dialect.public.contains(&req.uri().path()) {
         sandpit_core::tenant::Caller::nobody()
     } else {
-        match crate::auth::caller_of(&state, req.headers()) {
+        // e2b's SDK sends its key as X-API-KEY (or a sandbox access token), not a bearer.
+        let found = if dialect.name == e2b::DIALECT.name {
+            e2b::caller_of(&state, req.headers())
+        } else {
+            crate::auth::caller_of(&state, req.headers())
+        };
+        match found {
             Ok(caller) => caller,
             Err(failure) => return (dialect.unauthorized)(failure).into_response(),
         }

@@ -1,0 +1,319 @@
+//! The `e2b` dialect: what the unmodified E2B SDKs (`e2b`, `e2b-code-interpreter`) call,
+//! so that `E2B_API_URL` and `E2B_SANDBOX_URL` pointed at `/compat/e2b` (or at the root of
+//! `--e2b-listen`) make them run on sandpit. Three APIs share the one router, their paths
+//! never overlap:
+//! - the control plane (`/sandboxes`, `/v2/sandboxes`, ...: [`control`]), authorized by
+//!   `X-API-KEY`;
+//! - the in-sandbox daemon "envd" (Connect-RPC `process.Process` and
+//!   `filesystem.Filesystem`, `/files`, `/health`: [`envd`] over the codec in [`connect`]);
+//! - the code interpreter (`/execute`, `/contexts`: [`interpreter`]).
+//!
+//! Envd and interpreter requests name their sandbox in the `E2b-Sandbox-Id` header (and the
+//! port, 49983 or 49999, in `E2b-Sandbox-Port`), as the SDK sends them to one sandbox URL.
+//! They carry no API key: the create answer hands the caller's key back as the sandbox's
+//! `envdAccessToken` and `trafficAccessToken`, which the SDK then sends as `X-Access-Token`
+//! and `E2B-Traffic-Access-Token`; either header authorizes like `X-API-KEY`.
+//! What E2B keeps beside the sandbox (template name, metadata) lives in this process's
+//! memory ([`Meta`]): after a server restart sandboxes list as template `base` without
+//! metadata.
+
+pub mod connect;
+pub mod control;
+pub mod envd;
+pub mod interpreter;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, Mutex};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use sandpit_core::tenant::Caller;
+use sandpit_core::CoreError;
+use serde_json::json;
+
+use super::{AuthFailure, CompatError, Dialect};
+use crate::{ApiError, AppState};
+
+pub const DIALECT: Dialect = Dialect {
+    name: "e2b",
+    router,
+    public: &[],
+    unauthorized,
+};
+
+/// The envd version sandpit answers as: new enough for the SDK's current code paths
+/// (default user, stdin control, octet-stream uploads), below file metadata (0.6.2).
+pub const ENVD_VERSION: &str = "0.5.7";
+/// Port of envd inside an E2B sandbox.
+pub const ENVD_PORT: u16 = 49983;
+/// Port of the code interpreter inside an E2B sandbox.
+pub const INTERPRETER_PORT: u16 = 49999;
+/// Header naming the sandbox of an envd or interpreter request.
+pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
+/// Header naming the port inside the sandbox.
+pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        // Control plane.
+        .route("/sandboxes", post(control::create).get(control::list_v1))
+        .route("/v2/sandboxes", post(control::create).get(control::list_v2))
+        .route("/sandboxes/{id}", get(control::info).delete(control::kill))
+        .route("/sandboxes/{id}/timeout", post(control::set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(control::refresh))
+        .route("/sandboxes/{id}/connect", post(control::connect))
+        .route("/v2/sandboxes/{id}/connect", post(control::connect))
+        .route("/sandboxes/{id}/pause", post(control::pause))
+        .route("/sandboxes/{id}/resume", post(control::resume))
+        .route("/sandboxes/{id}/metrics", get(control::metrics))
+        // envd.
+        .route("/health", get(envd::health))
+        .route(
+            "/files",
+            get(envd::download)
+                .post(envd::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/process.Process/{method}", post(envd::process))
+        .route("/filesystem.Filesystem/{method}", post(envd::filesystem))
+        // Code interpreter.
+        .route("/execute", post(interpreter::execute))
+        .route(
+            "/contexts",
+            post(interpreter::create_context).get(interpreter::list_contexts),
+        )
+        .route("/contexts/{cid}", delete(interpreter::delete_context))
+        .route(
+            "/contexts/{cid}/restart",
+            post(interpreter::restart_context),
+        )
+        .fallback(not_found)
+}
+
+/// Unknown paths: a request for another port of a sandbox (`E2b-Sandbox-Port` other than
+/// envd's and the interpreter's, as `get_host(port)` URLs send when `E2B_SANDBOX_URL` is
+/// set) goes to that port through sandpit's port proxy; anything else is a 404.
+async fn not_found(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+) -> Response {
+    let port = req
+        .headers()
+        .get(SANDBOX_PORT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .filter(|p| *p != ENVD_PORT && *p != INTERPRETER_PORT && *p != 0);
+    if let (Some(port), Some(id)) = (port, sandbox_of(req.headers())) {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let target = crate::routes::ports::Target {
+            id: &id,
+            port,
+            path_and_query,
+            prefix: String::new(),
+        };
+        return match crate::routes::ports::proxy(&s.manager, target, req).await {
+            Ok(r) => r,
+            Err(e) => E2bError::new(e.status, e.message).into_response(),
+        };
+    }
+    E2bError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {}", req.uri().path()),
+    )
+    .into_response()
+}
+
+fn unauthorized(failure: AuthFailure) -> CompatError {
+    let message = match failure {
+        AuthFailure::Missing => "missing API key (X-API-KEY header)",
+        AuthFailure::Wrong => "invalid API key",
+    };
+    CompatError::with(
+        StatusCode::UNAUTHORIZED,
+        json!({"code": 401, "message": message}),
+    )
+}
+
+/// Headers that carry a key: the control plane's, then the ones the SDK sends to a sandbox.
+const KEY_HEADERS: [&str; 3] = ["x-api-key", "x-access-token", "e2b-traffic-access-token"];
+
+/// The caller a request's key names: `X-API-KEY`, `X-Access-Token`,
+/// `E2B-Traffic-Access-Token` or `Authorization: Bearer`. (The SDK's `Authorization: Basic
+/// <user>:` on envd calls names a user inside the sandbox, not a key, and is ignored.)
+pub(crate) fn caller_of(state: &AppState, headers: &HeaderMap) -> Result<Caller, AuthFailure> {
+    if !state.keys.enabled() {
+        return Ok(Caller::admin());
+    }
+    let mut given = false;
+    for name in KEY_HEADERS {
+        if let Some(v) = headers.get(name) {
+            given = true;
+            if let Some(c) = v.to_str().ok().and_then(|k| state.keys.resolve(k)) {
+                return Ok(c);
+            }
+        }
+    }
+    match crate::auth::caller_of(state, headers) {
+        Err(AuthFailure::Missing) if given => Err(AuthFailure::Wrong),
+        Err(AuthFailure::Wrong) if !bearer(headers) && !given => Err(AuthFailure::Missing),
+        other => other,
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "))
+}
+
+/// The key the request was authorized with (handed back as the sandbox's access token), or
+/// `None` on a server without keys.
+pub(crate) fn request_key(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    if !state.keys.enabled() {
+        return None;
+    }
+    KEY_HEADERS
+        .iter()
+        .filter_map(|n| headers.get(*n))
+        .chain(headers.get(axum::http::header::AUTHORIZATION))
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
+        .find(|k| state.keys.resolve(k).is_some())
+        .map(str::to_string)
+}
+
+/// The sandbox an envd or interpreter request is for (`E2b-Sandbox-Id`).
+pub(crate) fn sandbox_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(SANDBOX_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+/// What E2B keeps about a sandbox that sandpit's model has no field for.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    pub template_id: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+static META: LazyLock<Mutex<HashMap<String, Meta>>> = LazyLock::new(Default::default);
+
+pub(crate) fn meta_of(id: &str) -> Meta {
+    META.lock()
+        .map(|m| m.get(id).cloned())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Meta {
+            template_id: "base".into(),
+            metadata: BTreeMap::new(),
+        })
+}
+
+pub(crate) fn set_meta(id: &str, meta: Meta) {
+    if let Ok(mut m) = META.lock() {
+        m.insert(id.to_string(), meta);
+    }
+}
+
+pub(crate) fn forget_meta(id: &str) {
+    if let Ok(mut m) = META.lock() {
+        m.remove(id);
+    }
+}
+
+/// The error of E2B's REST APIs (control plane and envd's `/files`): `{"code": <status>,
+/// "message"}`.
+#[derive(Debug)]
+pub struct E2bError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl E2bError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A missing sandbox as E2B's API words it (the SDK looks for "was not found").
+    pub fn sandbox_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("sandbox \"{id}\" was not found"),
+        )
+    }
+}
+
+impl From<CoreError> for E2bError {
+    fn from(e: CoreError) -> Self {
+        let api = ApiError::from(e);
+        Self::new(api.status, api.message)
+    }
+}
+
+impl IntoResponse for E2bError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, message = %self.message, "e2b request failed");
+        }
+        (
+            self.status,
+            Json(json!({"code": self.status.as_u16(), "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+/// A core error about sandbox `id`: a missing sandbox in E2B's words, the rest as the core
+/// says.
+pub(crate) fn core_error(id: &str, e: CoreError) -> E2bError {
+    if matches!(e, CoreError::NotFound(_)) {
+        E2bError::sandbox_not_found(id)
+    } else {
+        E2bError::from(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_header_is_read_trimmed() {
+        let mut h = HeaderMap::new();
+        assert_eq!(sandbox_of(&h), None);
+        h.insert(SANDBOX_ID_HEADER, " abc ".parse().unwrap());
+        assert_eq!(sandbox_of(&h).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn meta_defaults_to_base() {
+        assert_eq!(meta_of("never-made").template_id, "base");
+        set_meta(
+            "m1",
+            Meta {
+                template_id: "t".into(),
+                metadata: BTreeMap::from([("a".into(), "b".into())]),
+            },
+        );
+        assert_eq!(meta_of("m1").template_id, "t");
+        forget_meta("m1");
+        assert_eq!(meta_of("m1").template_id, "base");
+    }
+}
