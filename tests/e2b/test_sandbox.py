@@ -160,3 +160,40 @@ def test_root_listener(server):
         assert sb.commands.run("echo root").stdout == "root\n"
     finally:
         sb.kill()
+
+
+def test_watch_dir_polling(sandbox):
+    sandbox.files.make_dir("/workspace/watched")
+    handle = sandbox.files.watch_dir("/workspace/watched")
+    sandbox.files.write("/workspace/watched/f.txt", "1")
+    events = []
+    for _ in range(50):
+        events += handle.get_new_events()
+        if any(e.name == "f.txt" for e in events):
+            break
+        time.sleep(0.1)
+    assert any(e.name == "f.txt" and e.type.value == "create" for e in events), events
+    sandbox.files.remove("/workspace/watched/f.txt")
+    for _ in range(50):
+        events = handle.get_new_events()
+        if events:
+            break
+        time.sleep(0.1)
+    assert [(e.name, e.type.value) for e in events] == [("f.txt", "remove")]
+    handle.stop()
+
+
+def test_pty(sandbox):
+    from e2b import PtySize
+
+    data = bytearray()
+    h = sandbox.pty.create(PtySize(rows=24, cols=80), cwd="/tmp", envs={"MARK": "pty-ok"})
+    sandbox.pty.send_stdin(h.pid, b"echo $MARK in $(pwd); exit 7\n")
+    with pytest.raises(CommandExitException) as e:
+        h.wait(on_pty=data.extend)
+    assert e.value.exit_code == 7
+    assert b"pty-ok in /tmp" in bytes(data)
+    h2 = sandbox.pty.create(PtySize(rows=24, cols=80))
+    sandbox.pty.resize(h2.pid, PtySize(rows=30, cols=100))
+    assert sandbox.pty.kill(h2.pid) is True
+    assert sandbox.pty.kill(h2.pid) is False

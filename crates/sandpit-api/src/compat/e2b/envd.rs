@@ -160,7 +160,7 @@ async fn start(s: AppState, id: String, req: Value, headers: &HeaderMap) -> Resp
     let env = str_map(p.get("envs"));
     let cwd = p.get("cwd").and_then(Value::as_str).map(absolute);
     if req.get("pty").is_some_and(|p| !p.is_null()) {
-        return start_pty(s, id, argv, &req["pty"], headers).await;
+        return start_pty(s, id, argv, env, cwd, &req["pty"], headers).await;
     }
     let tag = req
         .get("tag")
@@ -455,8 +455,12 @@ async fn send_signal(manager: &SandboxManager, id: &str, req: &Value) -> Result<
             )))
         }
     };
-    if let Some(pty) = pty_of(id, req) {
-        pty.1.kill.notify_one();
+    if let Some((pid, term)) = pty_of(id, req) {
+        // Forgotten now, so that a second signal finds nothing (as for an ended process).
+        if let Ok(mut t) = TERMINALS.lock() {
+            t.remove(&(id.to_string(), pid));
+        }
+        term.kill.notify_one();
         return Ok(json!({}));
     }
     let proc = select(manager, id, req).await?;
@@ -488,8 +492,8 @@ struct Terminal {
 
 /// Terminals by (sandbox, pid). Their pids are numbers of this table (the agent's terminal
 /// has none to report), from 1,000,000 up, so they never meet a process's pid.
-static TERMINALS: LazyLock<Mutex<HashMap<(String, u32), Arc<Terminal>>>> =
-    LazyLock::new(Default::default);
+type Terminals = HashMap<(String, u32), Arc<Terminal>>;
+static TERMINALS: LazyLock<Mutex<Terminals>> = LazyLock::new(Default::default);
 static NEXT_TERMINAL: AtomicU32 = AtomicU32::new(1_000_000);
 
 fn pty_of(id: &str, req: &Value) -> Option<(u32, Arc<Terminal>)> {
@@ -521,15 +525,38 @@ fn quote(w: &str) -> String {
     }
 }
 
+/// The shell line that runs `argv` in `cwd` with `env` on a terminal.
+fn pty_command(argv: &[String], env: &BTreeMap<String, String>, cwd: Option<&str>) -> String {
+    let mut line = String::new();
+    if let Some(dir) = cwd {
+        line.push_str(&format!("cd {} && ", quote(dir)));
+    }
+    line.push_str("exec env");
+    for (k, v) in env {
+        line.push_str(&format!(" {}", quote(&format!("{k}={v}"))));
+    }
+    for w in argv {
+        line.push(' ');
+        line.push_str(&quote(w));
+    }
+    line
+}
+
 async fn start_pty(
     s: AppState,
     id: String,
     argv: Vec<String>,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
     pty: &Value,
     headers: &HeaderMap,
 ) -> Response {
     let (cols, rows) = pty_size(pty);
-    let command = argv.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ");
+    if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains('=')) {
+        return connect::stream_error(RpcError::invalid(format!("bad variable name '{bad}'")))
+            .await;
+    }
+    let command = pty_command(&argv, &env, cwd.as_deref());
     let (input, mut output, busy) = match s.manager.pty(&id, Some(command), cols, rows).await {
         Ok(t) => t,
         Err(e) => return connect::stream_error(RpcError::from_core(&id, e)).await,
@@ -863,7 +890,7 @@ fn watch_stream(mut w: Watch, headers: &HeaderMap) -> Response {
     let keepalive = connect::keepalive(headers);
     let (tx, resp) = connect::stream();
     tokio::spawn(sandpit_core::tenant::inherit(async move {
-        if !tx.send(&json!({"event": {"start": {}}})).await {
+        if !tx.send(&json!({"start": {}})).await {
             return;
         }
         let mut last_sent = Instant::now();
@@ -882,13 +909,13 @@ fn watch_stream(mut w: Watch, headers: &HeaderMap) -> Response {
                 Err(e) => return tx.end(Some(e)).await,
             };
             for ev in events {
-                if !tx.send(&json!({"event": {"filesystem": ev}})).await {
+                if !tx.send(&json!({"filesystem": ev})).await {
                     return;
                 }
                 last_sent = Instant::now();
             }
             if keepalive.is_some_and(|k| last_sent.elapsed() >= k) {
-                if !tx.send(&json!({"event": {"keepalive": {}}})).await {
+                if !tx.send(&json!({"keepalive": {}})).await {
                     return;
                 }
                 last_sent = Instant::now();
@@ -1064,6 +1091,16 @@ mod tests {
         assert_eq!(absolute("a.txt"), "/workspace/a.txt");
         assert_eq!(absolute("./a"), "/workspace/a");
         assert_eq!(absolute("/tmp/x"), "/tmp/x");
+    }
+
+    #[test]
+    fn terminal_commands_set_cwd_and_env() {
+        let env = BTreeMap::from([("A".to_string(), "b c".to_string())]);
+        let argv = vec!["/bin/bash".to_string(), "-i".to_string()];
+        assert_eq!(
+            pty_command(&argv, &env, Some("/tmp")),
+            "cd /tmp && exec env 'A=b c' /bin/bash -i"
+        );
     }
 
     #[test]
