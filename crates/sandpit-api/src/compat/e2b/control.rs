@@ -13,8 +13,9 @@ use axum::Json;
 use sandpit_core::model::{CreateSandbox, Sandbox, Status, UpdateSandbox};
 use serde_json::{json, Value};
 
+use super::Json2b;
 use super::{core_error, meta_of, request_key, set_meta, E2bError, Meta, ENVD_VERSION};
-use crate::compat::{Body, Params};
+use crate::compat::Params;
 use crate::AppState;
 
 /// Seconds a sandbox lives without a `timeout` (E2B's API default).
@@ -104,7 +105,7 @@ fn string_map(body: &Value, field: &str) -> Result<BTreeMap<String, String>, E2b
 pub async fn create(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Body(body): Body<Value>,
+    Json2b(body): Json2b,
 ) -> Result<Response, E2bError> {
     if !body.is_object() {
         return Err(E2bError::bad_request("body must be a JSON object"));
@@ -283,7 +284,7 @@ fn extend(s: &AppState, id: &str, timeout: u64) -> Result<Sandbox, E2bError> {
 pub async fn set_timeout(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Body(body): Body<Value>,
+    Json2b(body): Json2b,
 ) -> Result<StatusCode, E2bError> {
     let timeout = timeout_of(&body, "timeout")?
         .ok_or_else(|| E2bError::bad_request("timeout is required"))?;
@@ -295,7 +296,7 @@ pub async fn set_timeout(
 pub async fn refresh(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Body(body): Body<Value>,
+    Json2b(body): Json2b,
 ) -> Result<StatusCode, E2bError> {
     match timeout_of(&body, "duration")? {
         Some(t) => extend(&s, &id, t).map(drop)?,
@@ -314,7 +315,7 @@ pub async fn connect(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Body(body): Body<Value>,
+    Json2b(body): Json2b,
 ) -> Result<Response, E2bError> {
     let timeout = timeout_of(&body, "timeout")?;
     let before = s.manager.get(&id).map_err(|e| core_error(&id, e))?;
@@ -358,7 +359,7 @@ pub async fn resume(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Body(body): Body<Value>,
+    Json2b(body): Json2b,
 ) -> Result<Response, E2bError> {
     let timeout = timeout_of(&body, "timeout")?;
     let mut sandbox = s.manager.wake(&id).await.map_err(|e| core_error(&id, e))?;

@@ -280,6 +280,20 @@ impl IntoResponse for E2bError {
     }
 }
 
+/// A JSON body (`{}` when empty) whose refusal is in E2B's shape.
+pub struct Json2b(pub serde_json::Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Json2b {
+    type Rejection = E2bError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match super::Body::<serde_json::Value>::from_request(req, state).await {
+            Ok(super::Body(v)) => Ok(Json2b(v)),
+            Err(e) => Err(E2bError::new(e.status, e.message())),
+        }
+    }
+}
+
 /// A core error about sandbox `id`: a missing sandbox in E2B's words, the rest as the core
 /// says.
 pub(crate) fn core_error(id: &str, e: CoreError) -> E2bError {
