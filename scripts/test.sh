@@ -9,6 +9,7 @@
 # any part fails.
 # Then, on a full run (SANDPIT_SKIP_NODE unset), the Cloudflare Sandbox SDK tests: `npm ci`
 # in tests/cloudflare and `node --import ./register.mjs --test` against the release binary.
+# The E2B SDK tests (tests/e2b) run in their own venv after the Python SDK's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -26,6 +27,18 @@ if [[ $# -eq 0 && -z "${SANDPIT_SKIP_PYTHON:-}" ]]; then
       status=1
   else
     echo "=== could not set up the Python venv ===" >&2
+    status=1
+  fi
+  # The unmodified E2B SDKs (pinned) against the e2b dialect (tests/e2b).
+  e2b_venv="$target/e2b-venv"
+  echo "=== E2B SDK tests (venv: $e2b_venv) ==="
+  if python3 -m venv "$e2b_venv" &&
+    "$e2b_venv/bin/pip" install -q --disable-pip-version-check \
+      e2b==2.63.0 e2b-code-interpreter==2.11.5 pytest pytest-asyncio; then
+    SANDPIT_BIN="$target/release/sandpit" "$e2b_venv/bin/python" -m pytest tests/e2b -q -rs ||
+      status=1
+  else
+    echo "=== could not set up the E2B venv ===" >&2
     status=1
   fi
 fi
