@@ -12,8 +12,9 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8787].
     #[arg(long)]
     pub listen: Option<String>,
-    /// Directory for the store and the sandboxes' files [default: ./.sandpit].
-    #[arg(long)]
+    /// Directory for the store and the sandboxes' files [default: ./.sandpit]; the last
+    /// one given wins.
+    #[arg(long, overrides_with = "data_dir")]
     pub data_dir: Option<PathBuf>,
     /// Allow a non-loopback --listen without SANDPIT_AUTH_TOKEN.
     #[arg(long)]
@@ -192,6 +193,7 @@ struct Defaults {
     pids: Option<u64>,
     sleep_after_seconds: Option<u64>,
     open_files: Option<u64>,
+    disk_mb: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -295,6 +297,7 @@ impl Config {
                 cpus: d.cpus.or(base.default_limits.cpus),
                 pids: d.pids.or(base.default_limits.pids),
                 open_files: d.open_files.or(base.default_limits.open_files),
+                disk_mb: d.disk_mb.or(base.default_limits.disk_mb),
             },
             default_timeout_ms: d.timeout_ms.unwrap_or(base.default_timeout_ms),
             max_output_bytes: d.max_output_bytes.unwrap_or(base.max_output_bytes),

@@ -132,6 +132,9 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         }));
         let store = Arc::new(sandpit_core::store::SqliteStore::open(&data_dir.join("sandpit.db"))?);
         let core = cfg.core(data_dir.clone());
+        if let (Some(mb), Some(why)) = (core.default_limits.disk_mb, sandpit_runtime::Runtime::disk_unsupported(runtime.as_ref())) {
+            tracing::warn!("defaults.disk_mb = {mb} is not applied: {why}");
+        }
         let manager = sandpit_core::SandboxManager::new(runtime, store, core);
         let storage = sandpit_core::snapshot::ObjectStorage::open(&cfg.storage, &data_dir)
             .context("snapshot storage")?;

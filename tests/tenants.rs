@@ -714,3 +714,105 @@ fn parallel_creations_do_not_overshoot_the_quota() {
     assert_eq!((created, refused), (2, 4), "{statuses:?}");
     assert_eq!(ids_as(&server, "two-key").len(), 2);
 }
+
+/// Snapshots carry their owner: a tenant keeps using its snapshots after the sandbox is
+/// deleted (list, get, restore, create-with-restore, delete, agentpod wake), also across a
+/// restart, and another tenant gets 404 for each.
+#[test]
+fn snapshots_belong_to_their_tenant_after_the_sandbox_is_gone() {
+    let (mut server, _cfg) = server_with("");
+    let id = unique("owned");
+    create_as(&server, ACME, &json!({ "id": id }));
+    exec_as(&server, ACME, &id, "echo precious > /workspace/p").expect(200);
+    let r = call(
+        &server,
+        ACME,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        Some(&json!({})),
+    );
+    r.expect(201);
+    let snap = r.json();
+    assert_eq!(snap["tenant"], "acme", "{snap}");
+    let sid = snap["id"].as_str().expect("snapshot id").to_string();
+    call(&server, ACME, Method::DELETE, &format!("/v1/sandboxes/{id}"), None).expect(204);
+    server.restart();
+
+    // The owner still sees it ...
+    let list = call(&server, ACME, Method::GET, &format!("/v1/sandboxes/{id}/snapshots"), None);
+    list.expect(200);
+    assert_eq!(list.json()["snapshots"][0]["id"], sid.as_str(), "{}", list.text());
+    call(&server, ACME2, Method::GET, &format!("/v1/snapshots/{sid}"), None).expect(200);
+    // ... another tenant does not, whatever the route.
+    call(&server, GLOBEX, Method::GET, &format!("/v1/sandboxes/{id}/snapshots"), None)
+        .expect_error(404, "not_found");
+    call(&server, GLOBEX, Method::GET, &format!("/v1/snapshots/{sid}"), None)
+        .expect_error(404, "snapshot_not_found");
+    call(&server, GLOBEX, Method::DELETE, &format!("/v1/snapshots/{sid}"), None)
+        .expect_error(404, "snapshot_not_found");
+    let stolen = call(
+        &server,
+        GLOBEX,
+        Method::POST,
+        "/v1/sandboxes",
+        Some(&json!({ "restore": sid })),
+    );
+    stolen.expect_error(404, "snapshot_not_found");
+    // Not even by taking the deleted sandbox's id and asking for its latest snapshot.
+    let taken = call(
+        &server,
+        GLOBEX,
+        Method::POST,
+        "/v1/sandboxes",
+        Some(&json!({ "id": id, "restore": "latest" })),
+    );
+    taken.expect_error(404, "snapshot_not_found");
+    create_as(&server, GLOBEX, &json!({ "id": id }));
+    let r = call(
+        &server,
+        GLOBEX,
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/restore"),
+        Some(&json!({})),
+    );
+    r.expect_error(404, "snapshot_not_found");
+    let list = call(&server, GLOBEX, Method::GET, &format!("/v1/sandboxes/{id}/snapshots"), None);
+    list.expect(200);
+    assert_eq!(list.json()["snapshots"], json!([]), "{}", list.text());
+    call(&server, GLOBEX, Method::DELETE, &format!("/v1/sandboxes/{id}"), None).expect(204);
+
+    // The owner restores it into a new sandbox, then deletes it.
+    let back = create_as(&server, ACME, &json!({ "restore": sid }));
+    let back_id = back["id"].as_str().expect("id").to_string();
+    let r = exec_as(&server, ACME, &back_id, "cat /workspace/p");
+    r.expect(200);
+    assert_eq!(r.json()["stdout"], "precious\n");
+    call(&server, ACME, Method::DELETE, &format!("/v1/snapshots/{sid}"), None).expect(204);
+    call(&server, ACME, Method::GET, &format!("/v1/snapshots/{sid}"), None)
+        .expect_error(404, "snapshot_not_found");
+
+    // agentpod: wake after delete restores the last sync for its tenant, and only for it.
+    let pod = unique("pod");
+    let dir = "/home/user/workspace";
+    let r = call(
+        &server,
+        ACME,
+        Method::POST,
+        "/compat/agentpod/sandbox",
+        Some(&json!({ "id": pod, "userId": "u", "directory": dir })),
+    );
+    r.expect(200);
+    exec_as(&server, ACME, &pod, &format!("echo synced > {dir}/s")).expect(200);
+    call(&server, ACME, Method::POST, &format!("/compat/agentpod/sandbox/{pod}/sync"), None)
+        .expect(200);
+    call(&server, ACME, Method::DELETE, &format!("/v1/sandboxes/{pod}"), None).expect(204);
+    let r = call(&server, GLOBEX, Method::POST, &format!("/compat/agentpod/sandbox/{pod}/wake"), None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = call(&server, ACME, Method::POST, &format!("/compat/agentpod/sandbox/{pod}/wake"), None);
+    r.expect(200);
+    assert_eq!(r.json()["restoredFiles"], 1, "{}", r.text());
+    let r = exec_as(&server, ACME, &pod, &format!("cat {dir}/s"));
+    r.expect(200);
+    assert_eq!(r.json()["stdout"], "synced\n");
+    assert_eq!(ids_as(&server, GLOBEX), Vec::<String>::new());
+}

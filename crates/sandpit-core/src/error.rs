@@ -36,6 +36,9 @@ pub enum CoreError {
     /// The snapshot storage failed (unreachable, refused, corrupt object).
     #[error("snapshot storage: {0}")]
     Storage(String),
+    /// The server's own disk (the data dir, the store or local snapshot storage) is full.
+    #[error("no space left on the server's disk: {0}")]
+    NoSpace(String),
     /// A tenant's quota is used up; a retry may succeed after `retry_after` seconds.
     #[error("{message}")]
     QuotaExceeded { message: String, retry_after: u64 },
@@ -73,13 +76,23 @@ impl CoreError {
             Self::SnapshotNotFound(_) => "snapshot_not_found",
             Self::Storage(_) => "storage_error",
             Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::NoSpace(_) => "no_space",
         }
     }
 
     pub(crate) fn unavailable(id: &str, message: impl std::fmt::Display) -> Self {
+        let message = message.to_string();
+        if is_no_space(&message) {
+            return Self::NoSpace(format!("sandbox '{id}': {message}"));
+        }
         Self::Unavailable {
             id: id.to_string(),
-            message: message.to_string(),
+            message,
         }
     }
+}
+
+/// Whether an error message is the kernel's or SQLite's "disk full".
+pub(crate) fn is_no_space(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("database or disk is full")
 }

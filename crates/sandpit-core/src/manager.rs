@@ -56,6 +56,7 @@ impl Default for CoreConfig {
                 cpus: Some(2.0),
                 pids: Some(1024),
                 open_files: None,
+                disk_mb: None,
             },
             default_timeout_ms: 120_000,
             max_output_bytes: 10 * 1024 * 1024,
@@ -372,7 +373,14 @@ impl SandboxManager {
             Some(id) => return Err(CoreError::InvalidId(id)),
             None => generate_id(),
         };
-        let limits = self.limits(&req.limits)?;
+        let mut limits = self.limits(&req.limits)?;
+        if let (Some(_), Some(why)) = (limits.disk_mb, self.runtime.disk_unsupported()) {
+            if req.limits.disk_mb.is_some() {
+                return Err(CoreError::NotSupported(why));
+            }
+            // Only the server's default asked for one (a warning at start says so).
+            limits.disk_mb = None;
+        }
         let network =
             crate::network::policy(self.runtime.as_ref(), req.network.as_deref(), &req.allow)
                 .await?;
@@ -482,6 +490,7 @@ impl SandboxManager {
             cpus: req.cpus.or(d.cpus),
             pids: req.pids.or(d.pids),
             open_files: req.open_files.or(d.open_files),
+            disk_mb: req.disk_mb.or(d.disk_mb),
         };
         check_limits(&limits)?;
         Ok(limits)
@@ -656,6 +665,14 @@ fn check_limits(limits: &Limits) -> Result<(), CoreError> {
                 )));
             }
         }
+        if let Some(n) = limits.disk_mb {
+            if !(16..=1 << 20).contains(&n) {
+                return Err(CoreError::BadRequest(format!(
+                    "limits.disk_mb must be between 16 and {}",
+                    1u64 << 20
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -663,7 +680,13 @@ fn check_limits(limits: &Limits) -> Result<(), CoreError> {
 impl SandboxManager {
     /// A sandbox's state; asking about a sandbox counts as activity on it.
     pub fn get(&self, id: &str) -> Result<Sandbox, CoreError> {
-        self.touch(id)
+        let mut view = self.touch(id)?;
+        view.oom_kills = self.runtime.oom_kills(&view.id);
+        view.disk_used_mb = self
+            .runtime
+            .disk_usage(&view.id)
+            .map(|(used, _)| used.div_ceil(1024 * 1024));
+        Ok(view)
     }
 
     /// The caller's sandboxes (every sandbox for the admin).
@@ -742,6 +765,7 @@ impl SandboxManager {
             cpus: req.cpus.or(current.cpus),
             pids: req.pids.or(current.pids),
             open_files: req.open_files.or(current.open_files),
+            disk_mb: req.disk_mb.or(current.disk_mb),
         };
         check_limits(&merged)?;
         if let Some(c) = tenant::current().filter(|c| !c.admin) {
@@ -754,6 +778,7 @@ impl SandboxManager {
             cpus: req.cpus,
             pids: req.pids,
             open_files: req.open_files,
+            disk_mb: req.disk_mb,
         };
         if running {
             self.runtime

@@ -89,6 +89,8 @@ impl Record {
             sleep_after_seconds: self.sleep_after_seconds,
             snapshot_on_expiry: self.snapshot_on_expiry,
             tenant: self.tenant.clone(),
+            oom_kills: None,
+            disk_used_mb: None,
         }
     }
 }
@@ -116,6 +118,13 @@ pub struct Sandbox {
     pub snapshot_on_expiry: bool,
     /// The tenant that owns the sandbox.
     pub tenant: String,
+    /// Processes of the sandbox the kernel's OOM killer killed so far (GET of one sandbox,
+    /// when it has a memory cgroup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// MB used on the sandbox's own disk (GET of one sandbox with `limits.disk_mb`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_used_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -153,6 +162,9 @@ pub struct LimitsRequest {
     pub pids: Option<u64>,
     /// Most open files per process (RLIMIT_NOFILE), 64 to 1048576.
     pub open_files: Option<u64>,
+    /// Size of the sandbox's own disk in MB (its whole writable root: /tmp, /workspace, ...),
+    /// 16 to 1048576; a full disk is ENOSPC inside. Root servers only; can grow while running.
+    pub disk_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]

@@ -59,7 +59,11 @@ pub struct ObjectStorage {
 }
 
 fn storage_err(e: impl std::fmt::Display) -> CoreError {
-    CoreError::Storage(e.to_string())
+    let message = e.to_string();
+    if crate::error::is_no_space(&message) {
+        return CoreError::NoSpace(format!("snapshot storage: {message}"));
+    }
+    CoreError::Storage(message)
 }
 
 impl ObjectStorage {
@@ -273,6 +277,8 @@ pub struct SnapshotRecord {
     /// Milliseconds since the epoch.
     pub created_at: i64,
     pub object_key: String,
+    /// The tenant that owns it: the owner of its sandbox when it was made.
+    pub tenant: String,
 }
 
 impl SnapshotRecord {
@@ -284,6 +290,7 @@ impl SnapshotRecord {
             path: self.path.clone(),
             size_bytes: self.size_bytes,
             created_at: rfc3339(self.created_at),
+            tenant: self.tenant.clone(),
         }
     }
 }
@@ -298,6 +305,8 @@ pub struct Snapshot {
     /// Size of the compressed archive.
     pub size_bytes: u64,
     pub created_at: String,
+    /// The tenant that owns the snapshot (and may use it after its sandbox is deleted).
+    pub tenant: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]

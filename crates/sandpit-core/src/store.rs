@@ -45,7 +45,11 @@ pub struct SqliteStore {
 }
 
 fn db_err(e: impl std::fmt::Display) -> CoreError {
-    CoreError::Internal(format!("store: {e}"))
+    let message = format!("store: {e}");
+    if crate::error::is_no_space(&message) {
+        return CoreError::NoSpace(message);
+    }
+    CoreError::Internal(message)
 }
 
 const SCHEMA: &str = "
@@ -83,7 +87,8 @@ CREATE TABLE IF NOT EXISTS sandbox_sleep (
 );
 ";
 
-const SNAPSHOT_COLUMNS: &str = "id, sandbox_id, name, path, size_bytes, created_at, object_key";
+const SNAPSHOT_COLUMNS: &str =
+    "id, sandbox_id, name, path, size_bytes, created_at, object_key, tenant";
 
 fn snapshot_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
     Ok(SnapshotRecord {
@@ -94,6 +99,7 @@ fn snapshot_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
         size_bytes: row.get::<_, i64>(4)?.max(0) as u64,
         created_at: row.get(5)?,
         object_key: row.get(6)?,
+        tenant: row.get(7)?,
     })
 }
 
@@ -120,6 +126,7 @@ impl SqliteStore {
         migrate_network(&conn)?;
         conn.execute_batch(SNAPSHOT_SCHEMA).map_err(db_err)?;
         migrate(&conn)?;
+        migrate_snapshot_tenant(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -293,7 +300,7 @@ impl Store for SqliteStore {
     fn put_snapshot(&self, snap: &SnapshotRecord) -> Result<(), CoreError> {
         self.conn()
             .execute(
-                &format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!("INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
                 params![
                     snap.id,
                     snap.sandbox_id,
@@ -301,7 +308,8 @@ impl Store for SqliteStore {
                     snap.path,
                     snap.size_bytes as i64,
                     snap.created_at,
-                    snap.object_key
+                    snap.object_key,
+                    snap.tenant
                 ],
             )
             .map_err(db_err)?;
@@ -406,6 +414,28 @@ fn migrate_network(conn: &Connection) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// Adds the owning tenant to snapshots (they outlive their sandbox, so they carry their own
+/// owner): older rows get the owner of their sandbox if it still exists, else the default
+/// tenant. Guarded by the column's presence, not `user_version`, so it merges with others.
+fn migrate_snapshot_tenant(conn: &Connection) -> Result<(), CoreError> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('snapshots') WHERE name = 'tenant'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(db_err)?;
+    if !has {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE snapshots ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+             UPDATE snapshots SET tenant = COALESCE(
+                 (SELECT tenant FROM sandboxes WHERE sandboxes.id = snapshots.sandbox_id),
+                 'default');
+             COMMIT;",
+        )
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +456,7 @@ mod tests {
                 cpus: Some(0.5),
                 pids: None,
                 open_files: None,
+                disk_mb: None,
             },
             env: [("K".to_string(), "V".to_string())].into(),
             slot: 3,
@@ -478,6 +509,7 @@ mod tests {
             size_bytes: 5,
             created_at: at,
             object_key: format!("{sb}/{id}.tar.zst"),
+            tenant: "acme".into(),
         };
         s.put_snapshot(&snap("s1", "a", 1)).unwrap();
         s.put_snapshot(&snap("s2", "a", 1)).unwrap();

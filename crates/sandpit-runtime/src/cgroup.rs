@@ -292,6 +292,21 @@ impl CgroupSetup {
         }
     }
 
+    /// How many processes of the sandbox the OOM killer killed (`oom_kill` in v2's
+    /// `memory.events`, v1's `memory.oom_control`); `None` without a memory cgroup.
+    pub fn oom_kills(&self, id: &str) -> Option<u64> {
+        let file = match self {
+            Self::Unavailable(_) => return None,
+            Self::V1 { memory, .. } => memory.as_ref()?.join(id).join("memory.oom_control"),
+            Self::V2 { parent } => parent.join(id).join("memory.events"),
+        };
+        let text = fs::read_to_string(file).ok()?;
+        text.lines().find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == "oom_kill").then(|| value.trim().parse().ok()).flatten()
+        })
+    }
+
     /// The cgroup directories `id` would have (whether or not they exist).
     pub fn dirs_of(&self, id: &str) -> SandboxCgroup {
         let dirs = match self {
@@ -480,6 +495,7 @@ mod tests {
             cpus: Some(0.5),
             pids: Some(32),
             open_files: None,
+            disk_mb: None,
         };
         let (cg, warnings) = setup.create("sb", &limits).unwrap();
         assert!(warnings.is_empty());
@@ -506,6 +522,7 @@ mod tests {
             cpus: Some(1.0),
             pids: Some(8),
             open_files: None,
+            disk_mb: None,
         };
         let (cg, _) = setup.create("sb", &limits).unwrap();
         assert_eq!(cg.dirs.len(), 2);

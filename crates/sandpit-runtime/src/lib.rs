@@ -7,6 +7,7 @@
 //! short-lived process (`sandpit jail`), never inside the async server.
 
 pub mod cgroup;
+pub mod disk;
 pub mod jail;
 mod native;
 pub mod net;
@@ -29,6 +30,9 @@ pub struct Limits {
     /// RLIMIT_NOFILE of the agent and everything it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
+    /// Size of the sandbox's own disk (its whole writable root), in MB; a root server only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
 }
 
 /// What the runtime needs to start (or restart) a sandbox.
@@ -124,5 +128,22 @@ pub trait Runtime: Send + Sync {
             id: to.to_string(),
             message: "this runtime cannot rename a sandbox".into(),
         })
+    }
+
+    /// Why this runtime cannot give sandboxes a disk limit, or `None` when it can.
+    fn disk_unsupported(&self) -> Option<String> {
+        Some("this runtime has no per-sandbox disk limit".into())
+    }
+
+    /// Bytes used and total of the sandbox's own disk, when it has one.
+    fn disk_usage(&self, id: &str) -> Option<(u64, u64)> {
+        let _ = id;
+        None
+    }
+
+    /// How many times the kernel's OOM killer killed a process of the sandbox.
+    fn oom_kills(&self, id: &str) -> Option<u64> {
+        let _ = id;
+        None
     }
 }

@@ -257,6 +257,23 @@ impl Runtime for NativeRuntime {
                 1,
             )
         };
+        if let Some(mb) = spec.limits.disk_mb {
+            let dir = self.sandbox_dir(&id);
+            let owner = (host_uid, host_gid);
+            let mounted = match self.disk_unsupported() {
+                Some(why) => Err(why),
+                None => tokio::task::spawn_blocking(move || {
+                    crate::disk::ensure_mounted(&dir, mb, owner)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r),
+            };
+            if let Err(e) = mounted {
+                cgroup::destroy(&cg);
+                return Err(Self::err(&id, format!("setting up limits.disk_mb: {e}")));
+            }
+        }
         let cfg = JailConfig {
             id: id.clone(),
             sandbox_dir: self.sandbox_dir(&id),
@@ -321,8 +338,11 @@ impl Runtime for NativeRuntime {
                 self.remove_with_subordinate_ids(id, sub).await?;
             }
         }
-        tokio::task::spawn_blocking(move || remove_tree(&dir))
-            .await
+        tokio::task::spawn_blocking(move || {
+            crate::disk::unmount(&dir).map_err(|e| (dir.clone(), std::io::Error::other(e)))?;
+            remove_tree(&dir)
+        })
+        .await
             .map_err(|e| Self::err(id, e.to_string()))?
             .map_err(|(path, source)| RuntimeError::Io {
                 id: id.to_string(),
@@ -378,6 +398,12 @@ impl Runtime for NativeRuntime {
                 })?;
             }
         }
+        if let Some(mb) = limits.disk_mb {
+            if let Some(why) = self.disk_unsupported() {
+                return Err(why);
+            }
+            crate::disk::grow(&self.sandbox_dir(id), mb)?;
+        }
         self.cgroups.update(&self.cgroup_name(id), limits)
     }
 
@@ -411,6 +437,34 @@ impl Runtime for NativeRuntime {
         std::fs::rename(&old, &new).map_err(io(&old))?;
         // The agent has no CAP_SYS_ADMIN: the server sets the hostname from outside.
         set_hostname(launched.pid, to).map_err(|e| Self::err(to, format!("setting hostname: {e}")))
+    }
+
+    fn disk_unsupported(&self) -> Option<String> {
+        if !self.privileged {
+            return Some(
+                "limits.disk_mb needs a server running as root: a rootless server cannot loop-mount a disk image per sandbox".into(),
+            );
+        }
+        ["mkfs.ext4", "mount", "losetup", "resize2fs"]
+            .into_iter()
+            .find(|tool| !in_path(tool))
+            .map(|tool| format!("limits.disk_mb needs {tool}, which is not installed"))
+    }
+
+    fn disk_usage(&self, id: &str) -> Option<(u64, u64)> {
+        let dir = self.sandbox_dir(id);
+        if !crate::disk::is_mounted(&dir) {
+            return None;
+        }
+        let st = nix::sys::statvfs::statvfs(&dir.join("rootfs")).ok()?;
+        let frag = st.fragment_size() as u64;
+        let total = st.blocks() as u64 * frag;
+        let free = st.blocks_free() as u64 * frag;
+        Some((total.saturating_sub(free), total))
+    }
+
+    fn oom_kills(&self, id: &str) -> Option<u64> {
+        self.cgroups.oom_kills(&self.cgroup_name(id))
     }
 }
 

@@ -172,7 +172,10 @@ impl SandboxManager {
     ) -> Result<SnapshotRecord, CoreError> {
         let _busy = BusyGuard::new(&h.busy);
         let storage = self.storage()?;
-        let sandbox_id = h.record().id.clone();
+        let (sandbox_id, tenant) = {
+            let r = h.record();
+            (r.id.clone(), r.tenant.clone())
+        };
         let snapshot_id = random_id("snap-", 12);
         let key = storage.key(&sandbox_id, &snapshot_id);
         let mut archive = h.agent.archive(&path, excludes).await?;
@@ -185,6 +188,7 @@ impl SandboxManager {
             size_bytes,
             created_at: now_ms(),
             object_key: key,
+            tenant,
         };
         if let Err(e) = self.store.put_snapshot(&rec) {
             let _ = storage.remove(&rec.object_key).await;
@@ -227,8 +231,13 @@ impl SandboxManager {
         if !valid_id(id) {
             return Err(CoreError::InvalidId(id.to_string()));
         }
-        let snaps = self.store.snapshots(Some(id))?;
-        if snaps.is_empty() || !self.snapshot_visible(id) {
+        let snaps: Vec<SnapshotRecord> = self
+            .store
+            .snapshots(Some(id))?
+            .into_iter()
+            .filter(|r| crate::tenant::visible(&r.tenant))
+            .collect();
+        if snaps.is_empty() {
             self.handle(id)?;
         }
         Ok(snaps.iter().map(SnapshotRecord::view).collect())
@@ -237,15 +246,8 @@ impl SandboxManager {
     fn snapshot_record(&self, snapshot_id: &str) -> Result<SnapshotRecord, CoreError> {
         self.store
             .snapshot(snapshot_id)?
-            .filter(|r| self.snapshot_visible(&r.sandbox_id))
+            .filter(|r| crate::tenant::visible(&r.tenant))
             .ok_or_else(|| CoreError::SnapshotNotFound(format!("'{snapshot_id}'")))
-    }
-
-    /// Whether the caller may use snapshots of sandbox `sandbox_id`: the admin always; a
-    /// tenant only while that sandbox exists and is its own (snapshots carry no owner of
-    /// their own yet, so those of a deleted sandbox are the admin's).
-    fn snapshot_visible(&self, sandbox_id: &str) -> bool {
-        crate::tenant::current().is_none_or(|c| c.admin) || self.handle(sandbox_id).is_ok()
     }
 
     pub fn get_snapshot(&self, snapshot_id: &str) -> Result<Snapshot, CoreError> {
@@ -269,17 +271,12 @@ impl SandboxManager {
         req: &RestoreRequest,
     ) -> Result<SnapshotRecord, CoreError> {
         let from = req.from_sandbox.as_deref().unwrap_or(target);
-        if !self.snapshot_visible(from) {
-            return Err(CoreError::SnapshotNotFound(format!(
-                "'latest' of sandbox '{from}'"
-            )));
-        }
         match req.snapshot.as_deref() {
             None | Some("latest") => self
                 .store
                 .snapshots(Some(from))?
                 .into_iter()
-                .next()
+                .find(|r| crate::tenant::visible(&r.tenant))
                 .ok_or_else(|| {
                     CoreError::SnapshotNotFound(format!("'latest' of sandbox '{from}'"))
                 }),
