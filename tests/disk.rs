@@ -177,7 +177,11 @@ fn the_disk_survives_a_server_restart_once_and_grows_while_running() {
     let plain = server.new_sandbox();
     let r = patch_limits(&server, &plain, json!({ "disk_mb": 64 }));
     r.expect_error(400, "bad_request");
-    assert!(r.text().contains("when the sandbox is created"), "{}", r.text());
+    assert!(
+        r.text().contains("when the sandbox is created"),
+        "{}",
+        r.text()
+    );
     server
         .request_json(
             reqwest::Method::POST,

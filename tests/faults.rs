@@ -79,15 +79,20 @@ impl SmallDisk {
         SmallDisk { _dir: dir, mnt }
     }
 
-    /// Fills the filesystem from the host with one file, as another user of the disk would.
+    /// Fills the filesystem from the host, as another user of the disk would: again after
+    /// each sync, until the blocks ext4 gives back on close are taken too.
     fn fill(&self) {
-        let out = Command::new("dd")
-            .args(["if=/dev/zero", "bs=1M", "count=100000"])
-            .arg(format!("of={}", self.filler().display()))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("No space left on device"), "{err}");
+        std::fs::create_dir_all(self.filler()).unwrap();
+        for (i, bs) in ["1M", "64k", "4k", "4k"].iter().enumerate() {
+            let out = Command::new("dd")
+                .args(["if=/dev/zero", &format!("bs={bs}"), "count=10000000"])
+                .arg(format!("of={}/{i}", self.filler().display()))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("No space left on device"), "{err}");
+            Command::new("sync").status().unwrap();
+        }
     }
 
     fn filler(&self) -> PathBuf {
@@ -173,7 +178,7 @@ fn a_full_data_dir_is_a_clear_507_and_loses_nothing() {
         .expect(200);
 
     // Space freed and the server restarted: everything is consistent and works again.
-    std::fs::remove_file(disk.filler()).unwrap();
+    std::fs::remove_dir_all(disk.filler()).unwrap();
     server.kill9();
     server.restart();
     assert_eq!(integrity(&disk.mnt.join("sandpit.db")), "ok");
@@ -216,7 +221,10 @@ fn kill9_during_an_exec_leaves_a_working_sandbox() {
         .iter()
         .any(|p| p.cmdline.contains("sleep 3"))
     {
-        assert!(std::time::Instant::now() < deadline, "the exec never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     server.kill9();

@@ -735,21 +735,64 @@ fn snapshots_belong_to_their_tenant_after_the_sandbox_is_gone() {
     let snap = r.json();
     assert_eq!(snap["tenant"], "acme", "{snap}");
     let sid = snap["id"].as_str().expect("snapshot id").to_string();
-    call(&server, ACME, Method::DELETE, &format!("/v1/sandboxes/{id}"), None).expect(204);
+    call(
+        &server,
+        ACME,
+        Method::DELETE,
+        &format!("/v1/sandboxes/{id}"),
+        None,
+    )
+    .expect(204);
     server.restart();
 
     // The owner still sees it ...
-    let list = call(&server, ACME, Method::GET, &format!("/v1/sandboxes/{id}/snapshots"), None);
+    let list = call(
+        &server,
+        ACME,
+        Method::GET,
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        None,
+    );
     list.expect(200);
-    assert_eq!(list.json()["snapshots"][0]["id"], sid.as_str(), "{}", list.text());
-    call(&server, ACME2, Method::GET, &format!("/v1/snapshots/{sid}"), None).expect(200);
+    assert_eq!(
+        list.json()["snapshots"][0]["id"],
+        sid.as_str(),
+        "{}",
+        list.text()
+    );
+    call(
+        &server,
+        ACME2,
+        Method::GET,
+        &format!("/v1/snapshots/{sid}"),
+        None,
+    )
+    .expect(200);
     // ... another tenant does not, whatever the route.
-    call(&server, GLOBEX, Method::GET, &format!("/v1/sandboxes/{id}/snapshots"), None)
-        .expect_error(404, "not_found");
-    call(&server, GLOBEX, Method::GET, &format!("/v1/snapshots/{sid}"), None)
-        .expect_error(404, "snapshot_not_found");
-    call(&server, GLOBEX, Method::DELETE, &format!("/v1/snapshots/{sid}"), None)
-        .expect_error(404, "snapshot_not_found");
+    call(
+        &server,
+        GLOBEX,
+        Method::GET,
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        None,
+    )
+    .expect_error(404, "not_found");
+    call(
+        &server,
+        GLOBEX,
+        Method::GET,
+        &format!("/v1/snapshots/{sid}"),
+        None,
+    )
+    .expect_error(404, "snapshot_not_found");
+    call(
+        &server,
+        GLOBEX,
+        Method::DELETE,
+        &format!("/v1/snapshots/{sid}"),
+        None,
+    )
+    .expect_error(404, "snapshot_not_found");
     let stolen = call(
         &server,
         GLOBEX,
@@ -776,10 +819,23 @@ fn snapshots_belong_to_their_tenant_after_the_sandbox_is_gone() {
         Some(&json!({})),
     );
     r.expect_error(404, "snapshot_not_found");
-    let list = call(&server, GLOBEX, Method::GET, &format!("/v1/sandboxes/{id}/snapshots"), None);
+    let list = call(
+        &server,
+        GLOBEX,
+        Method::GET,
+        &format!("/v1/sandboxes/{id}/snapshots"),
+        None,
+    );
     list.expect(200);
     assert_eq!(list.json()["snapshots"], json!([]), "{}", list.text());
-    call(&server, GLOBEX, Method::DELETE, &format!("/v1/sandboxes/{id}"), None).expect(204);
+    call(
+        &server,
+        GLOBEX,
+        Method::DELETE,
+        &format!("/v1/sandboxes/{id}"),
+        None,
+    )
+    .expect(204);
 
     // The owner restores it into a new sandbox, then deletes it.
     let back = create_as(&server, ACME, &json!({ "restore": sid }));
@@ -787,9 +843,22 @@ fn snapshots_belong_to_their_tenant_after_the_sandbox_is_gone() {
     let r = exec_as(&server, ACME, &back_id, "cat /workspace/p");
     r.expect(200);
     assert_eq!(r.json()["stdout"], "precious\n");
-    call(&server, ACME, Method::DELETE, &format!("/v1/snapshots/{sid}"), None).expect(204);
-    call(&server, ACME, Method::GET, &format!("/v1/snapshots/{sid}"), None)
-        .expect_error(404, "snapshot_not_found");
+    call(
+        &server,
+        ACME,
+        Method::DELETE,
+        &format!("/v1/snapshots/{sid}"),
+        None,
+    )
+    .expect(204);
+    call(
+        &server,
+        ACME,
+        Method::GET,
+        &format!("/v1/snapshots/{sid}"),
+        None,
+    )
+    .expect_error(404, "snapshot_not_found");
 
     // agentpod: wake after delete restores the last sync for its tenant, and only for it.
     let pod = unique("pod");
@@ -803,12 +872,37 @@ fn snapshots_belong_to_their_tenant_after_the_sandbox_is_gone() {
     );
     r.expect(200);
     exec_as(&server, ACME, &pod, &format!("echo synced > {dir}/s")).expect(200);
-    call(&server, ACME, Method::POST, &format!("/compat/agentpod/sandbox/{pod}/sync"), None)
-        .expect(200);
-    call(&server, ACME, Method::DELETE, &format!("/v1/sandboxes/{pod}"), None).expect(204);
-    let r = call(&server, GLOBEX, Method::POST, &format!("/compat/agentpod/sandbox/{pod}/wake"), None);
+    call(
+        &server,
+        ACME,
+        Method::POST,
+        &format!("/compat/agentpod/sandbox/{pod}/sync"),
+        None,
+    )
+    .expect(200);
+    call(
+        &server,
+        ACME,
+        Method::DELETE,
+        &format!("/v1/sandboxes/{pod}"),
+        None,
+    )
+    .expect(204);
+    let r = call(
+        &server,
+        GLOBEX,
+        Method::POST,
+        &format!("/compat/agentpod/sandbox/{pod}/wake"),
+        None,
+    );
     assert_eq!(r.status, 404, "{}", r.text());
-    let r = call(&server, ACME, Method::POST, &format!("/compat/agentpod/sandbox/{pod}/wake"), None);
+    let r = call(
+        &server,
+        ACME,
+        Method::POST,
+        &format!("/compat/agentpod/sandbox/{pod}/wake"),
+        None,
+    );
     r.expect(200);
     assert_eq!(r.json()["restoredFiles"], 1, "{}", r.text());
     let r = exec_as(&server, ACME, &pod, &format!("cat {dir}/s"));

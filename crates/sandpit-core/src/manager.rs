@@ -374,6 +374,7 @@ impl SandboxManager {
             None => generate_id(),
         };
         let mut limits = self.limits(&req.limits)?;
+        self.check_data_dir_space()?;
         if let (Some(_), Some(why)) = (limits.disk_mb, self.runtime.disk_unsupported()) {
             if req.limits.disk_mb.is_some() {
                 return Err(CoreError::NotSupported(why));
@@ -408,7 +409,10 @@ impl SandboxManager {
             }
             // A create the warm pool can satisfy (default network, no restore) takes a ready
             // sandbox; limits, env, keepalive and the rest are applied at the hand-over.
-            let pooled = (restore.is_none() && network == Default::default())
+            // A disk of another size than the pool's (the default) cannot be handed over.
+            let pooled = (restore.is_none()
+                && network == Default::default()
+                && limits.disk_mb == self.cfg.default_limits.disk_mb)
                 .then(|| self.pool.take())
                 .flatten();
             let mut used: HashSet<u32> = map.values().map(|h| h.record().slot).collect();
@@ -481,6 +485,23 @@ impl SandboxManager {
             serde_json::to_value(&view).unwrap_or_default(),
         );
         Ok(view)
+    }
+
+    /// Refuses new sandboxes while the data dir's disk is (nearly) full, before the kernel
+    /// would fail them half-way: the store and running sandboxes keep what is left.
+    fn check_data_dir_space(&self) -> Result<(), CoreError> {
+        const MIN_FREE: u64 = 32 << 20;
+        let Some(free) = sandpit_runtime::disk::free_bytes(&self.cfg.data_dir) else {
+            return Ok(());
+        };
+        if free < MIN_FREE {
+            return Err(CoreError::NoSpace(format!(
+                "the data dir has {} MB free; a new sandbox needs at least {} MB",
+                free >> 20,
+                MIN_FREE >> 20
+            )));
+        }
+        Ok(())
     }
 
     fn limits(&self, req: &crate::model::LimitsRequest) -> Result<Limits, CoreError> {

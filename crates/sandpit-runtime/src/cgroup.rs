@@ -303,7 +303,9 @@ impl CgroupSetup {
         let text = fs::read_to_string(file).ok()?;
         text.lines().find_map(|l| {
             let (key, value) = l.split_once(' ')?;
-            (key == "oom_kill").then(|| value.trim().parse().ok()).flatten()
+            (key == "oom_kill")
+                .then(|| value.trim().parse().ok())
+                .flatten()
         })
     }
 

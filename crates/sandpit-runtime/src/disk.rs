@@ -13,6 +13,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Bytes an unprivileged writer can still use on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
 /// The image file of a sandbox with a disk limit.
 pub fn image(sandbox_dir: &Path) -> PathBuf {
     sandbox_dir.join("disk.img")
@@ -59,11 +65,7 @@ pub fn ensure_mounted(sandbox_dir: &Path, disk_mb: u64, owner: (u32, u32)) -> Re
     }
 }
 
-fn ensure_mounted_fresh(
-    sandbox_dir: &Path,
-    disk_mb: u64,
-    owner: (u32, u32),
-) -> Result<(), String> {
+fn ensure_mounted_fresh(sandbox_dir: &Path, disk_mb: u64, owner: (u32, u32)) -> Result<(), String> {
     fs::create_dir_all(sandbox_dir).map_err(|e| format!("mkdir {}: {e}", sandbox_dir.display()))?;
     let img = image(sandbox_dir);
     let root = rootfs(sandbox_dir);

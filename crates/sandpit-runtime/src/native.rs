@@ -343,12 +343,12 @@ impl Runtime for NativeRuntime {
             remove_tree(&dir)
         })
         .await
-            .map_err(|e| Self::err(id, e.to_string()))?
-            .map_err(|(path, source)| RuntimeError::Io {
-                id: id.to_string(),
-                path,
-                source,
-            })
+        .map_err(|e| Self::err(id, e.to_string()))?
+        .map_err(|(path, source)| RuntimeError::Io {
+            id: id.to_string(),
+            path,
+            source,
+        })
     }
 
     fn sandboxes_on_disk(&self) -> Vec<String> {

@@ -222,6 +222,8 @@ impl SandboxManager {
                 .flatten(),
             pids: differs(limits.pids, p.limits.pids),
             open_files: differs(limits.open_files, p.limits.open_files),
+            // Creates with another disk_mb than the pool's never take a pooled sandbox.
+            disk_mb: None,
         };
         let result = if change.memory_mb.is_some()
             || change.cpus.is_some()
