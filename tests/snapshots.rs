@@ -27,6 +27,7 @@ fn snapshot(server: &Server, id: &str, body: &Value) -> Value {
             "path",
             "size_bytes",
             "created_at",
+            "tenant",
         ],
     );
     assert_eq!(v["sandbox_id"], id, "{v}");
