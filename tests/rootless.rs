@@ -146,6 +146,15 @@ fn rootless_server_isolates_sandboxes() {
             .exit_code,
         0
     );
+
+    // A disk of its own needs a loop mount, which a rootless server cannot make.
+    let r = server.request_json(
+        reqwest::Method::POST,
+        "/v1/sandboxes",
+        &json!({ "limits": { "disk_mb": 64 } }),
+    );
+    r.expect_error(501, "not_supported");
+    assert!(r.text().contains("disk_mb"), "{}", r.text());
 }
 
 /// Gives `user` subordinate uids and gids (once), as `usermod --add-subuids` would.

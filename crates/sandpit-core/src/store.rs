@@ -528,6 +528,33 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_from_before_owners_get_their_sandboxes_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(SNAPSHOT_SCHEMA).unwrap();
+            migrate_network(&conn).unwrap();
+            migrate(&conn).unwrap();
+            conn.execute_batch(
+                "INSERT INTO sandboxes (id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, warnings, tenant)
+                 VALUES ('live', 'running', 0, 0, 0, 0, '{}', '{}', '[]', 'acme');
+                 INSERT INTO snapshots (id, sandbox_id, path, size_bytes, created_at, object_key)
+                 VALUES ('s1', 'live', '/', 1, 0, 'k1'), ('s2', 'gone', '/', 1, 0, 'k2');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.snapshot("s1").unwrap().unwrap().tenant, "acme");
+        assert_eq!(s.snapshot("s2").unwrap().unwrap().tenant, "default");
+        drop(s);
+        // Opening again changes nothing.
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.snapshots(None).unwrap().len(), 2);
+    }
+
+    #[test]
     fn a_store_from_before_tenants_is_migrated_and_keeps_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
