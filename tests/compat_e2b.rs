@@ -324,16 +324,12 @@ fn files_and_health_errors() {
 fn tenants_do_not_reach_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tenants.toml");
-    let hash = |k: &str| {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(k.as_bytes()))
-    };
     std::fs::write(
         &cfg,
         format!(
             "[[tenants]]\nname = \"a\"\nkey_sha256 = \"{}\"\n[[tenants]]\nname = \"b\"\nkey_sha256 = \"{}\"\n",
-            hash("key-a"),
-            hash("key-b")
+            hash_key("key-a"),
+            hash_key("key-b")
         ),
     )
     .unwrap();

@@ -234,26 +234,6 @@ fn shutdown_deletes_and_restart_discards_pooled_sandboxes() {
     assert_eq!(s.run_ok(&id, "echo alive").trim(), "alive");
 }
 
-/// `sandpit hash-key` of the real binary.
-fn hash_key(key: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(BIN)
-        .arg("hash-key")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run sandpit hash-key");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{key}\n").as_bytes())
-        .expect("write key");
-    let out = child.wait_with_output().expect("hash-key output");
-    assert!(out.status.success(), "hash-key failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn tenants_quotas_do_not_see_the_pool() {
     let dir = tempfile::tempdir().expect("config dir");

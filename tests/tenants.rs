@@ -16,31 +16,6 @@ const ACME2: &str = "acme-key-2";
 const GLOBEX: &str = "globex-key";
 const OPS: &str = "ops-key";
 
-/// `sandpit hash-key` of the real binary.
-fn hash(key: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(BIN)
-        .arg("hash-key")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run sandpit hash-key");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{key}\n").as_bytes())
-        .expect("write key");
-    let out = child.wait_with_output().expect("hash-key output");
-    assert!(out.status.success(), "hash-key failed: {out:?}");
-    let hex = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string();
-    assert_eq!(hex.len(), 64, "{hex}");
-    hex
-}
-
 /// A server whose config has the tenants of `extra` plus acme (two keys), globex and the
 /// admin tenant ops; `SANDPIT_AUTH_TOKEN` is [`ADMIN`] (the harness's own key).
 fn server_with(extra: &str) -> (Server, tempfile::TempDir) {
@@ -50,10 +25,10 @@ fn server_with(extra: &str) -> (Server, tempfile::TempDir) {
         "[[tenants]]\nname = \"acme\"\nkeys_sha256 = [\"{}\", \"{}\"]\n\n\
          [[tenants]]\nname = \"globex\"\nkey_sha256 = \"{}\"\n\n\
          [[tenants]]\nname = \"ops\"\nkey_sha256 = \"{}\"\nadmin = true\n\n{extra}",
-        hash(ACME),
-        hash(ACME2),
-        hash(GLOBEX),
-        hash(OPS)
+        hash_key(ACME),
+        hash_key(ACME2),
+        hash_key(GLOBEX),
+        hash_key(OPS)
     );
     std::fs::write(&path, config).expect("write config");
     let server = Server::start_with(ServerOpts {
@@ -463,7 +438,7 @@ fn wrong_or_missing_keys_are_401_in_each_shape() {
         .send(server.req_anon(Method::GET, "/v1/sandboxes"))
         .expect_error(401, "unauthorized");
     // A key's hash is not a key.
-    let r = call(&server, &hash(ACME), Method::GET, "/v1/tenant", None);
+    let r = call(&server, &hash_key(ACME), Method::GET, "/v1/tenant", None);
     r.expect_error(401, "unauthorized");
     let r = call(
         &server,
@@ -507,8 +482,8 @@ fn refused(server: &Server, key: &str, method: Method, path: &str, body: &Value)
 
 #[test]
 fn quotas_answer_429_with_retry_after_and_recover() {
-    let hq = hash("quota-key");
-    let hr = hash("rate-key");
+    let hq = hash_key("quota-key");
+    let hr = hash_key("rate-key");
     let extra = format!(
         "[[tenants]]\nname = \"small\"\nkey_sha256 = \"{hq}\"\n\
          [tenants.quotas]\nmax_sandboxes = 2\nmax_memory_mb = 300\n\n\
@@ -686,7 +661,7 @@ fn without_tenants_everything_belongs_to_the_default_tenant() {
 fn parallel_creations_do_not_overshoot_the_quota() {
     let extra = format!(
         "[[tenants]]\nname = \"two\"\nkey_sha256 = \"{}\"\n[tenants.quotas]\nmax_sandboxes = 2\n",
-        hash("two-key")
+        hash_key("two-key")
     );
     let (server, _cfg) = server_with(&extra);
     let statuses: Vec<u16> = std::thread::scope(|s| {

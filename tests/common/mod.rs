@@ -742,6 +742,31 @@ fn ids_of(list: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `sandpit hash-key` of the real binary: the hex SHA-256 a `[[tenants]]` entry stores.
+pub fn hash_key(key: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run sandpit hash-key");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{key}\n").as_bytes())
+        .expect("write key");
+    let out = child.wait_with_output().expect("hash-key output");
+    assert!(out.status.success(), "hash-key failed: {out:?}");
+    let hex = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert_eq!(hex.len(), 64, "{hex}");
+    hex
+}
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
