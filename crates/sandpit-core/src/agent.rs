@@ -69,6 +69,21 @@ impl AgentClient {
         give_back(&self.idle, conn);
     }
 
+    /// Ends the input stream of a request (an upload, an archive) and reads the agent's
+    /// verdict, `Ok` or its error; the connection goes back to the pool.
+    async fn end_input(&self, mut conn: UnixStream) -> Result<(), CoreError> {
+        write_end(&mut conn, Channel::Input)
+            .await
+            .map_err(|e| self.broken(e))?;
+        let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
+        self.give_back(conn);
+        match reply {
+            Reply::Ok => Ok(()),
+            Reply::Error(e) => Err(CoreError::Agent(e)),
+            other => Err(unexpected(&self.id, Ok(other))),
+        }
+    }
+
     /// Forgets pooled connections (after the agent was restarted).
     pub fn reset(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -314,16 +329,7 @@ impl AgentClient {
                     .map_err(|e| self.broken(e))?;
             }
         }
-        write_end(&mut conn, Channel::Input)
-            .await
-            .map_err(|e| self.broken(e))?;
-        let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
-        self.give_back(conn);
-        match reply {
-            Reply::Ok => Ok(()),
-            Reply::Error(e) => Err(CoreError::Agent(e)),
-            other => Err(unexpected(&self.id, Ok(other))),
-        }
+        self.end_input(conn).await
     }
 }
 
@@ -600,16 +606,7 @@ impl AgentClient {
                 .await
                 .map_err(|e| self.broken(e))?;
         }
-        write_end(&mut conn, Channel::Input)
-            .await
-            .map_err(|e| self.broken(e))?;
-        let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
-        self.give_back(conn);
-        match reply {
-            Reply::Ok => Ok(()),
-            Reply::Error(e) => Err(CoreError::Agent(e)),
-            other => Err(unexpected(&self.id, Ok(other))),
-        }
+        self.end_input(conn).await
     }
 }
 
