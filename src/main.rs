@@ -122,7 +122,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])?
+            .set_buckets(&[0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])?
             .install_recorder()
             .context("installing the metrics recorder")?;
         let runtime = Arc::new(sandpit_runtime::NativeRuntime::new(sandpit_runtime::RuntimeOptions {

@@ -84,6 +84,15 @@ impl AgentClient {
         }
     }
 
+    /// Takes the idle connections of `other`, a client of the same agent under its old name
+    /// (a warm-pool hand-over renames the socket's directory; open connections stay good).
+    pub fn take_connections(&self, other: &AgentClient) {
+        let taken = std::mem::take(&mut *other.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        for conn in taken {
+            self.give_back(conn);
+        }
+    }
+
     /// Forgets pooled connections (after the agent was restarted).
     pub fn reset(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -364,6 +364,7 @@ impl SandboxManager {
     }
 
     pub async fn create(&self, mut req: CreateSandbox) -> Result<Sandbox, CoreError> {
+        let started = std::time::Instant::now();
         let restore = match req.restore.take() {
             Some(source) => Some(self.prepare_restore(&mut req, source.into_request())?),
             None => None,
@@ -446,29 +447,36 @@ impl SandboxManager {
         };
         let life = handle.life.lock().await;
         let result = async {
-            // A token left by a sandbox of the same id (a delete racing a token's creation)
-            // must not open this one.
-            self.store.delete_port_tokens(&id)?;
+            // `put_new` also drops tokens left by a sandbox of the same id (a delete racing a
+            // token's creation): they must not open this one.
             if let Some(p) = pooled {
                 match self.hand_over(&handle, p).await {
-                    Ok(()) => return self.store.put(&handle.record().clone()),
+                    Ok(()) => {
+                        return self
+                            .store
+                            .put_new(&handle.record().clone())
+                            .map(|()| "pool")
+                    }
                     // The pooled sandbox is gone; its slot is this record's: start cold.
                     Err(e) => tracing::warn!(sandbox = %id, error = %e, "pool hand-over failed"),
                 }
             }
-            self.store.put(&handle.record().clone())?;
-            self.start(&handle).await
+            self.store.put_new(&handle.record().clone())?;
+            self.start(&handle).await.map(|()| "cold")
         }
         .await;
         drop(life);
-        if let Err(e) = result {
-            tracing::warn!(sandbox = %id, error = %e, "create failed");
-            self.map_mut().remove(&id);
-            let launched = handle.record().launched;
-            let _ = self.runtime.destroy(&id, launched).await;
-            let _ = self.store.delete(&id);
-            return Err(e);
-        }
+        let source = match result {
+            Ok(source) => source,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "create failed");
+                self.map_mut().remove(&id);
+                let launched = handle.record().launched;
+                let _ = self.runtime.destroy(&id, launched).await;
+                let _ = self.store.delete(&id);
+                return Err(e);
+            }
+        };
         if let Some(snapshot) = restore {
             if let Err(e) = self.restore_into(&id, &snapshot).await {
                 tracing::warn!(sandbox = %id, error = %e, "restore at create failed");
@@ -477,7 +485,9 @@ impl SandboxManager {
             }
         }
         metrics::counter!("sandpit_sandboxes_created_total").increment(1);
-        tracing::info!(sandbox = %id, "created");
+        metrics::histogram!("sandpit_create_duration_seconds", "source" => source)
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(sandbox = %id, source, "created");
         let view = handle.record().view();
         self.emit(
             EventKind::Created,

@@ -13,6 +13,9 @@ use crate::CoreError;
 
 pub trait Store: Send + Sync {
     fn put(&self, rec: &Record) -> Result<(), CoreError>;
+    /// Writes the record of a sandbox being created and, in the same commit, drops port
+    /// tokens a former sandbox of that id left.
+    fn put_new(&self, rec: &Record) -> Result<(), CoreError>;
     fn delete(&self, id: &str) -> Result<(), CoreError>;
     fn all(&self) -> Result<Vec<Record>, CoreError>;
     /// Sets the public token of a sandbox's port (replacing one it had).
@@ -161,58 +164,89 @@ fn migrate(conn: &Connection) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// Writes a sandbox's rows (the record, its network, its sleep settings) inside the caller's
+/// transaction.
+fn write_record(conn: &Connection, r: &Record) -> Result<(), CoreError> {
+    let launched = r
+        .launched
+        .map(|l| serde_json::to_string(&l))
+        .transpose()
+        .map_err(db_err)?;
+    conn.prepare_cached(
+        "INSERT INTO sandboxes (id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings, tenant, network)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT(id) DO UPDATE SET status=?2, created_at=?3, last_active_at=?4, keepalive_seconds=?5,
+           slot=?6, limits=?7, env=?8, launched=?9, warnings=?10, tenant=?11, network=?12",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            r.id,
+            r.status.as_str(),
+            r.created_at,
+            r.last_active_at,
+            r.keepalive_seconds as i64,
+            r.slot,
+            serde_json::to_string(&r.limits).map_err(db_to_sql)?,
+            serde_json::to_string(&r.env).map_err(db_to_sql)?,
+            launched,
+            serde_json::to_string(&r.warnings).map_err(db_to_sql)?,
+            r.tenant,
+            serde_json::to_string(&r.network).map_err(db_to_sql)?,
+        ])
+    })
+    .map_err(db_err)?;
+    conn.prepare_cached(
+        "INSERT INTO sandbox_sleep (id, sleep_after_seconds, snapshot_on_expiry) VALUES (?1, ?2, ?3)
+         ON CONFLICT(id) DO UPDATE SET sleep_after_seconds=?2, snapshot_on_expiry=?3",
+    )
+    .and_then(|mut st| st.execute(params![r.id, r.sleep_after_seconds as i64, r.snapshot_on_expiry]))
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// A JSON encoding failure as the error rusqlite's closures return.
+fn db_to_sql(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+impl SqliteStore {
+    /// Runs `f` in one transaction: all of its writes land, or none (one commit, too).
+    fn in_transaction<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(db_err)?;
+        Ok(out)
+    }
+}
+
 impl Store for SqliteStore {
     fn put(&self, r: &Record) -> Result<(), CoreError> {
-        let launched = r
-            .launched
-            .map(|l| serde_json::to_string(&l))
-            .transpose()
-            .map_err(db_err)?;
-        self.conn()
-            .execute(
-                "INSERT INTO sandboxes (id, status, created_at, last_active_at, keepalive_seconds, slot, limits, env, launched, warnings, tenant)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT(id) DO UPDATE SET status=?2, created_at=?3, last_active_at=?4, keepalive_seconds=?5,
-                   slot=?6, limits=?7, env=?8, launched=?9, warnings=?10, tenant=?11",
-                params![
-                    r.id,
-                    r.status.as_str(),
-                    r.created_at,
-                    r.last_active_at,
-                    r.keepalive_seconds as i64,
-                    r.slot,
-                    serde_json::to_string(&r.limits).map_err(db_err)?,
-                    serde_json::to_string(&r.env).map_err(db_err)?,
-                    launched,
-                    serde_json::to_string(&r.warnings).map_err(db_err)?,
-                    r.tenant,
-                ],
+        self.in_transaction(|conn| write_record(conn, r))
+    }
+
+    fn put_new(&self, r: &Record) -> Result<(), CoreError> {
+        self.in_transaction(|conn| {
+            conn.execute(
+                "DELETE FROM port_tokens WHERE sandbox_id = ?1",
+                params![r.id],
             )
             .map_err(db_err)?;
-        self.conn()
-            .execute(
-                "UPDATE sandboxes SET network = ?2 WHERE id = ?1",
-                params![r.id, serde_json::to_string(&r.network).map_err(db_err)?],
-            )
-            .map_err(db_err)?;
-        self.conn()
-            .execute(
-                "INSERT INTO sandbox_sleep (id, sleep_after_seconds, snapshot_on_expiry) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(id) DO UPDATE SET sleep_after_seconds=?2, snapshot_on_expiry=?3",
-                params![r.id, r.sleep_after_seconds as i64, r.snapshot_on_expiry],
-            )
-            .map_err(db_err)?;
-        Ok(())
+            write_record(conn, r)
+        })
     }
 
     fn delete(&self, id: &str) -> Result<(), CoreError> {
-        self.conn()
-            .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])
-            .map_err(db_err)?;
-        self.conn()
-            .execute("DELETE FROM sandbox_sleep WHERE id = ?1", params![id])
-            .map_err(db_err)?;
-        Ok(())
+        self.in_transaction(|conn| {
+            conn.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])
+                .map_err(db_err)?;
+            conn.execute("DELETE FROM sandbox_sleep WHERE id = ?1", params![id])
+                .map_err(db_err)?;
+            Ok(())
+        })
     }
 
     fn all(&self) -> Result<Vec<Record>, CoreError> {

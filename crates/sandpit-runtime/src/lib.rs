@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod disk;
+mod hostname;
 pub mod jail;
 mod native;
 pub mod net;
@@ -117,6 +118,13 @@ pub trait Runtime: Send + Sync {
     /// Whether [`Runtime::adopt`] works here (the warm pool needs it).
     fn can_adopt(&self) -> bool {
         false
+    }
+
+    /// Does ahead of time, while the sandbox waits in the warm pool, what [`Runtime::adopt`]
+    /// would otherwise do during the hand-over.
+    fn prepare_adopt(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Ok(())
     }
 
     /// Gives the running sandbox `from` (made ahead of time for the warm pool) the id `to`,

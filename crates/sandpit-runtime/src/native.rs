@@ -412,6 +412,16 @@ impl Runtime for NativeRuntime {
         self.privileged
     }
 
+    /// Records the cgroup name, which stays that of the pooled id after the rename.
+    fn prepare_adopt(&self, id: &str) -> Result<(), RuntimeError> {
+        let name = self.sandbox_dir(id).join(CGROUP_NAME_FILE);
+        std::fs::write(&name, self.cgroup_name(id)).map_err(|source| RuntimeError::Io {
+            id: id.to_string(),
+            path: name.clone(),
+            source,
+        })
+    }
+
     async fn adopt(&self, from: &str, to: &str, launched: Launched) -> Result<(), RuntimeError> {
         let (old, new) = (self.sandbox_dir(from), self.sandbox_dir(to));
         if new.symlink_metadata().is_ok() {
@@ -430,13 +440,15 @@ impl Runtime for NativeRuntime {
         };
         let name = old.join(CGROUP_NAME_FILE);
         if !name.exists() {
-            std::fs::write(&name, self.cgroup_name(from)).map_err(io(&name))?;
+            self.prepare_adopt(from)?;
         }
         // The sandbox's mounts hold its directories, not their paths: renaming the directory
         // on the host leaves the running sandbox as it is, and its agent's socket moves along.
         std::fs::rename(&old, &new).map_err(io(&old))?;
         // The agent has no CAP_SYS_ADMIN: the server sets the hostname from outside.
-        set_hostname(launched.pid, to).map_err(|e| Self::err(to, format!("setting hostname: {e}")))
+        crate::hostname::set(launched.pid, to)
+            .await
+            .map_err(|e| Self::err(to, format!("setting hostname: {e}")))
     }
 
     fn disk_unsupported(&self) -> Option<String> {
@@ -470,18 +482,6 @@ impl Runtime for NativeRuntime {
 
 /// Sets the hostname of the UTS namespace of process `pid`, from a thread of its own (a
 /// namespace joined by `setns` is the thread's, and the thread ends right after).
-fn set_hostname(pid: i32, name: &str) -> std::io::Result<()> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/uts"))?;
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUTS)?;
-        nix::unistd::sethostname(&name)
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("the hostname thread panicked"))?
-    .map_err(std::io::Error::from)
-}
-
 /// Removes a sandbox directory even where the sandbox made parts of it unwritable.
 pub(crate) fn remove_tree(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
     use std::os::unix::fs::PermissionsExt;
