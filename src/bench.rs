@@ -39,6 +39,17 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Creates COUNT idle sandboxes at once: memory per sandbox, time to create, all answer.
     Density(DensityArgs),
+    /// The warm-pool create alone, taken apart: the create call, the first and the second
+    /// exec, and the server's own create time (for profiling the hand-over).
+    Warm(WarmArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WarmArgs {
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    #[arg(long, default_value_t = 2)]
+    pool_size: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -305,9 +316,74 @@ fn creates(
     Ok((samples, ids))
 }
 
+/// `sandpit bench warm`: each create waits (untimed) for a full pool, then times the create
+/// call, the first exec and a second one; the server's mean create time comes from its
+/// `sandpit_create_duration_seconds` histogram.
+fn warm(args: &WarmArgs) -> anyhow::Result<()> {
+    let pool = args.pool_size.max(1);
+    let (base, server) = start_server(pool)?;
+    let c = client()?;
+    let (mut create, mut first, mut second, mut both) = (vec![], vec![], vec![], vec![]);
+    for k in 0..=args.count {
+        wait_pool(&c, &base, pool);
+        let sid = format!("warm-{k}");
+        let t = Instant::now();
+        post(&c, &format!("{base}/v1/sandboxes"), json!({"id": sid}))?;
+        let created = t.elapsed();
+        exec_true(&c, &base, &sid)?;
+        let first_done = t.elapsed();
+        let t2 = Instant::now();
+        exec_true(&c, &base, &sid)?;
+        if k > 0 {
+            create.push(created);
+            first.push(first_done - created);
+            second.push(t2.elapsed());
+            both.push(first_done);
+        }
+    }
+    let metrics = c.get(format!("{base}/metrics")).send()?.text()?;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    let server_ms = match (
+        value("sandpit_create_duration_seconds_sum{source=\"pool\"}"),
+        value("sandpit_create_duration_seconds_count{source=\"pool\"}"),
+    ) {
+        (Some(sum), Some(n)) if n > 0.0 => Some(sum / n * 1e3),
+        _ => None,
+    };
+    drop(server);
+    println!(
+        "sandpit bench warm: {} creates from a pool of {pool}",
+        args.count
+    );
+    println!("{:<34} {:>10} {:>10}", "measure", "median", "p99");
+    for s in [
+        stats("create call", create),
+        stats("first exec", first),
+        stats("second exec", second),
+        stats("create + first exec", both),
+    ] {
+        println!(
+            "{:<34} {:>8.2}ms {:>8.2}ms",
+            s.name,
+            s.median.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3
+        );
+    }
+    if let Some(ms) = server_ms {
+        println!("server's own create time (mean): {ms:.2} ms");
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(BenchCommand::Density(d)) = &args.command {
-        return density(d);
+    match &args.command {
+        Some(BenchCommand::Density(d)) => return density(d),
+        Some(BenchCommand::Warm(w)) => return warm(w),
+        None => {}
     }
     let n = args.iterations.max(10);
     let (base, server) = match &args.server {

@@ -109,6 +109,7 @@ fn create_is_a_hand_over_of_a_fresh_sandbox_and_the_pool_refills() {
     assert!(s.list_ids().is_empty(), "pooled sandboxes are listed");
     let before = pool_dirs(&s);
     let hits = metric(&s, "sandpit_pool_hits_total");
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
 
     let v = s.create(&json!({"id": "pooled-a", "env": {"FOO": "bar"},
         "limits": {"memory_mb": 256}, "keepalive_seconds": 900}));
@@ -121,6 +122,8 @@ fn create_is_a_hand_over_of_a_fresh_sandbox_and_the_pool_refills() {
         hits + 1.0,
         "not served from the pool"
     );
+    let timed = r#"sandpit_create_duration_seconds_count{source="pool"}"#;
+    assert_eq!(metric(&s, timed), 1.0, "the create was not timed as a hand-over");
     assert_contained(&s, "pooled-a");
     // It is one of the pooled sandboxes, renamed: its directory went.
     assert_eq!(pool_dirs(&s).intersection(&before).count(), 1);
@@ -158,6 +161,11 @@ fn create_is_a_hand_over_of_a_fresh_sandbox_and_the_pool_refills() {
     let procs_b = s.run_ok(&b, "ps -e -o args=");
     assert!(!procs_b.contains("sleep 300"), "{procs_b}");
     assert_eq!(s.run_ok(&b, "hostname").trim(), b);
+    // Setting theirs left the host's (and the server's) alone.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname"),
+        host_name
+    );
 
     // The pool refills in the background, and only pooled sandboxes stay unlisted.
     wait_pool_ready(&s, 2);

@@ -376,7 +376,8 @@ impl SandboxManager {
         };
         let mut limits = self.limits(&req.limits)?;
         self.check_data_dir_space()?;
-        if let (Some(_), Some(why)) = (limits.disk_mb, self.runtime.disk_unsupported()) {
+        // (`disk_unsupported` looks for tools in PATH: only asked when a disk is.)
+        if let Some(why) = limits.disk_mb.and_then(|_| self.runtime.disk_unsupported()) {
             if req.limits.disk_mb.is_some() {
                 return Err(CoreError::NotSupported(why));
             }

@@ -2,6 +2,7 @@
 //! long-lived thread enters the sandbox's UTS namespace, sets the name and goes back to the
 //! host's. A warm-pool hand-over is on a create's critical path, and a thread made per call
 //! cost about as much as the rest of the hand-over; this thread is made once, on first use.
+//! The namespace is opened ahead (looking up `/proc/PID/ns/uts` took 50 µs here).
 
 use std::fs::File;
 use std::sync::mpsc;
@@ -12,7 +13,7 @@ use nix::sched::{setns, CloneFlags};
 type Reply = tokio::sync::oneshot::Sender<std::io::Result<()>>;
 
 struct Job {
-    pid: i32,
+    ns: File,
     name: String,
     reply: Reply,
 }
@@ -20,11 +21,16 @@ struct Job {
 /// The setter thread's queue, made with the thread.
 static SETTER: OnceLock<Mutex<Option<mpsc::Sender<Job>>>> = OnceLock::new();
 
-/// Sets the hostname of the UTS namespace of `pid` to `name`.
-pub async fn set(pid: i32, name: &str) -> std::io::Result<()> {
+/// The UTS namespace of process `pid`, to give to [`set`].
+pub fn namespace_of(pid: i32) -> std::io::Result<File> {
+    File::open(format!("/proc/{pid}/ns/uts"))
+}
+
+/// Sets the hostname of the UTS namespace `ns` (from [`namespace_of`]) to `name`.
+pub async fn set(ns: File, name: &str) -> std::io::Result<()> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let job = Job {
-        pid,
+        ns,
         name: name.to_string(),
         reply,
     };
@@ -56,8 +62,8 @@ pub async fn set(pid: i32, name: &str) -> std::io::Result<()> {
             .await
             .map_err(|_| std::io::Error::other("the hostname thread stopped"))?,
         Err(job) => {
-            let (pid, name) = (job.pid, job.name);
-            std::thread::spawn(move || enter_and_set(pid, &name))
+            let (ns, name) = (job.ns, job.name);
+            std::thread::spawn(move || enter_and_set(&ns, &name))
                 .join()
                 .map_err(|_| std::io::Error::other("the hostname thread panicked"))?
         }
@@ -71,7 +77,7 @@ fn start() -> std::io::Result<mpsc::Sender<Job>> {
         .name("sandpit-hostname".into())
         .spawn(move || {
             for job in rx {
-                let _ = job.reply.send(enter_and_set(job.pid, &job.name));
+                let _ = job.reply.send(enter_and_set(&job.ns, &job.name));
                 // Back home, so the thread holds no sandbox's namespace; if that fails the
                 // thread ends and the next call starts another.
                 if setns(&home, CloneFlags::CLONE_NEWUTS).is_err() {
@@ -82,9 +88,8 @@ fn start() -> std::io::Result<mpsc::Sender<Job>> {
     Ok(tx)
 }
 
-fn enter_and_set(pid: i32, name: &str) -> std::io::Result<()> {
-    let ns = File::open(format!("/proc/{pid}/ns/uts"))?;
-    setns(&ns, CloneFlags::CLONE_NEWUTS)?;
+fn enter_and_set(ns: &File, name: &str) -> std::io::Result<()> {
+    setns(ns, CloneFlags::CLONE_NEWUTS)?;
     nix::unistd::sethostname(name)?;
     Ok(())
 }

@@ -122,8 +122,8 @@ pub trait Runtime: Send + Sync {
 
     /// Does ahead of time, while the sandbox waits in the warm pool, what [`Runtime::adopt`]
     /// would otherwise do during the hand-over.
-    fn prepare_adopt(&self, id: &str) -> Result<(), RuntimeError> {
-        let _ = id;
+    fn prepare_adopt(&self, id: &str, launched: Launched) -> Result<(), RuntimeError> {
+        let _ = (id, launched);
         Ok(())
     }
 

@@ -30,6 +30,8 @@ pub struct NativeRuntime {
     privileged: bool,
     /// Rootless: the user's subordinate ids, when it has them and newuidmap is installed.
     subordinate: Option<SubordinateIds>,
+    /// UTS namespaces of warm-pool sandboxes, opened by `prepare_adopt` for `adopt`.
+    uts: std::sync::Mutex<std::collections::HashMap<String, std::fs::File>>,
 }
 
 impl NativeRuntime {
@@ -55,6 +57,7 @@ impl NativeRuntime {
             cgroups,
             privileged,
             subordinate,
+            uts: Default::default(),
         }
     }
 
@@ -84,6 +87,12 @@ impl NativeRuntime {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| id.to_string())
+    }
+
+    fn uts_namespaces(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::fs::File>> {
+        self.uts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn err(id: &str, message: impl Into<String>) -> RuntimeError {
@@ -318,6 +327,7 @@ impl Runtime for NativeRuntime {
     }
 
     async fn stop(&self, id: &str, launched: Option<Launched>) -> Result<(), RuntimeError> {
+        self.uts_namespaces().remove(id);
         self.kill_init(launched).await;
         if let Some(helper) = launched.and_then(|l| l.network) {
             crate::net::kill(&helper);
@@ -412,14 +422,23 @@ impl Runtime for NativeRuntime {
         self.privileged
     }
 
-    /// Records the cgroup name, which stays that of the pooled id after the rename.
-    fn prepare_adopt(&self, id: &str) -> Result<(), RuntimeError> {
+    /// Records the cgroup name, which stays that of the pooled id after the rename, and opens
+    /// the sandbox's UTS namespace for the hostname.
+    fn prepare_adopt(&self, id: &str, launched: Launched) -> Result<(), RuntimeError> {
         let name = self.sandbox_dir(id).join(CGROUP_NAME_FILE);
         std::fs::write(&name, self.cgroup_name(id)).map_err(|source| RuntimeError::Io {
             id: id.to_string(),
             path: name.clone(),
             source,
-        })
+        })?;
+        let ns = crate::hostname::namespace_of(launched.pid)
+            .map_err(|e| Self::err(id, format!("opening its UTS namespace: {e}")))?;
+        // Opened by pid: it is this sandbox's only if the process is still the one started.
+        if !self.is_alive(&launched) {
+            return Err(Self::err(id, "the sandbox stopped while it was prepared"));
+        }
+        self.uts_namespaces().insert(id.to_string(), ns);
+        Ok(())
     }
 
     async fn adopt(&self, from: &str, to: &str, launched: Launched) -> Result<(), RuntimeError> {
@@ -438,15 +457,16 @@ impl Runtime for NativeRuntime {
                 source,
             }
         };
-        let name = old.join(CGROUP_NAME_FILE);
-        if !name.exists() {
-            self.prepare_adopt(from)?;
+        if !self.uts_namespaces().contains_key(from) {
+            self.prepare_adopt(from, launched)?;
         }
+        let ns = self.uts_namespaces().remove(from);
         // The sandbox's mounts hold its directories, not their paths: renaming the directory
         // on the host leaves the running sandbox as it is, and its agent's socket moves along.
         std::fs::rename(&old, &new).map_err(io(&old))?;
         // The agent has no CAP_SYS_ADMIN: the server sets the hostname from outside.
-        crate::hostname::set(launched.pid, to)
+        let ns = ns.ok_or_else(|| Self::err(to, "its UTS namespace is not open"))?;
+        crate::hostname::set(ns, to)
             .await
             .map_err(|e| Self::err(to, format!("setting hostname: {e}")))
     }

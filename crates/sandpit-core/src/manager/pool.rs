@@ -182,7 +182,7 @@ impl SandboxManager {
                     agent.ping().await?;
                     self.warm_up(&agent).await?;
                     self.runtime
-                        .prepare_adopt(&id)
+                        .prepare_adopt(&id, launched)
                         .map_err(|e| CoreError::unavailable(&id, e))
                 };
                 match ready.await {
