@@ -6,7 +6,7 @@
 #   scripts/bench.sh                     # everything, writes target/bench/*
 #   SKIP_INSTALL=1 scripts/bench.sh      # do not apt-get install
 #   DENSITY_COUNT=200 scripts/bench.sh   # a smaller density run
-# Outputs: target/bench/bench.txt, density.txt, latency.csv and docs/bench-latency.png.
+# Outputs: target/bench/bench.txt, warm.txt, density.txt, latency.csv and docs/bench-latency.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${CARGO_TARGET_DIR:-$PWD/target}/bench"
@@ -35,6 +35,7 @@ cargo build --release
 bin="${CARGO_TARGET_DIR:-$PWD/target}/release/sandpit"
 "$bin" bench --iterations "${ITERATIONS:-200}" --throughput-seconds 5 \
   --csv "$out/latency.csv" | tee "$out/bench.txt"
+"$bin" bench warm --count 100 | tee "$out/warm.txt"
 "$bin" bench density --count "${DENSITY_COUNT:-1000}" | tee "$out/density.txt"
 /usr/bin/python3 scripts/bench_plot.py "$out/latency.csv" docs/bench-latency.png
 

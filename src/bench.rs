@@ -341,6 +341,26 @@ fn warm(args: &WarmArgs) -> anyhow::Result<()> {
             both.push(first_done);
         }
     }
+    // Exec latency on a neighbour while the pool refills (from 45 to 150 ms after a create:
+    // the refill starts once creates pause for 50 ms), against the same with a full pool.
+    let neighbour = "warm-neighbour";
+    post(&c, &format!("{base}/v1/sandboxes"), json!({"id": neighbour}))?;
+    wait_pool(&c, &base, pool);
+    let full = time_n(200, || exec_true(&c, &base, neighbour))?;
+    let mut refilling = Vec::new();
+    for k in 0..20 {
+        wait_pool(&c, &base, pool);
+        let sid = format!("warm-r-{k}");
+        post(&c, &format!("{base}/v1/sandboxes"), json!({"id": sid}))?;
+        let created = Instant::now();
+        while created.elapsed() < Duration::from_millis(150) {
+            let t = Instant::now();
+            exec_true(&c, &base, neighbour)?;
+            if created.elapsed() >= Duration::from_millis(45) {
+                refilling.push(t.elapsed());
+            }
+        }
+    }
     let metrics = c.get(format!("{base}/metrics")).send()?.text()?;
     let value = |name: &str| {
         metrics
@@ -365,6 +385,8 @@ fn warm(args: &WarmArgs) -> anyhow::Result<()> {
         stats("first exec", first),
         stats("second exec", second),
         stats("create + first exec", both),
+        stats("neighbour exec, pool full", full),
+        stats("neighbour exec, pool refilling", refilling),
     ] {
         println!(
             "{:<34} {:>8.2}ms {:>8.2}ms",
