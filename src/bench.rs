@@ -344,7 +344,11 @@ fn warm(args: &WarmArgs) -> anyhow::Result<()> {
     // Exec latency on a neighbour while the pool refills (from 45 to 150 ms after a create:
     // the refill starts once creates pause for 50 ms), against the same with a full pool.
     let neighbour = "warm-neighbour";
-    post(&c, &format!("{base}/v1/sandboxes"), json!({"id": neighbour}))?;
+    post(
+        &c,
+        &format!("{base}/v1/sandboxes"),
+        json!({"id": neighbour}),
+    )?;
     wait_pool(&c, &base, pool);
     let full = time_n(200, || exec_true(&c, &base, neighbour))?;
     let mut refilling = Vec::new();

@@ -50,6 +50,22 @@ enum Command {
 }
 
 fn main() {
+    // The jail and the agent start on every sandbox start: they skip building the whole
+    // command line parser (measured in docs/BENCHMARKS.md, "Process start-up").
+    let mut args = std::env::args_os().skip(1);
+    let (first, second, more) = (args.next(), args.next(), args.next().is_some());
+    match (
+        first.as_ref().and_then(|a| a.to_str()),
+        second.as_ref().and_then(|a| a.to_str()),
+        more,
+    ) {
+        (Some("agent"), None, false) => std::process::exit(sandpit_agent::main()),
+        (Some("jail"), None, false) => std::process::exit(sandpit_runtime::jail::main(false)),
+        (Some("jail"), Some("--remove"), false) => {
+            std::process::exit(sandpit_runtime::jail::main(true))
+        }
+        _ => {}
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Agent => sandpit_agent::main(),

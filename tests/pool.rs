@@ -123,7 +123,11 @@ fn create_is_a_hand_over_of_a_fresh_sandbox_and_the_pool_refills() {
         "not served from the pool"
     );
     let timed = r#"sandpit_create_duration_seconds_count{source="pool"}"#;
-    assert_eq!(metric(&s, timed), 1.0, "the create was not timed as a hand-over");
+    assert_eq!(
+        metric(&s, timed),
+        1.0,
+        "the create was not timed as a hand-over"
+    );
     assert_contained(&s, "pooled-a");
     // It is one of the pooled sandboxes, renamed: its directory went.
     assert_eq!(pool_dirs(&s).intersection(&before).count(), 1);
