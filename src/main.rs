@@ -88,6 +88,24 @@ fn main() {
 /// Outgoing https (S3 snapshot storage, webhooks, the CLI talking to a remote server) goes
 /// through reqwest on rustls, built without a crypto provider of its own: install ring's as
 /// the process default, before any client is made (a second install is a harmless no-op).
+/// Applies `--cgroup-favordynmods`, or says once what it would save.
+fn cgroup_tuning(favordynmods: bool) {
+    use sandpit_runtime::tuning;
+    if tuning::favordynmods_on() {
+        tracing::info!("cgroups: favordynmods is set, joining a cgroup is cheap");
+    } else if favordynmods {
+        match tuning::enable_favordynmods() {
+            Ok(mount) => tracing::info!(mount = %mount.display(), "cgroups: favordynmods set"),
+            Err(e) => tracing::warn!("cgroups: could not set favordynmods: {e}"),
+        }
+    } else {
+        tracing::info!(
+            "cgroups: joining one waits for an RCU grace period (milliseconds per cold create); \
+             --cgroup-favordynmods (root, Linux 6.0+) makes it cheap for the whole host"
+        );
+    }
+}
+
 fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -146,6 +164,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             binary,
             uid_base: cfg.uid_base,
         }));
+        cgroup_tuning(cfg.cgroup_favordynmods);
         let store = Arc::new(sandpit_core::store::SqliteStore::open(&data_dir.join("sandpit.db"))?);
         let core = cfg.core(data_dir.clone());
         if let (Some(mb), Some(why)) = (core.default_limits.disk_mb, sandpit_runtime::Runtime::disk_unsupported(runtime.as_ref())) {

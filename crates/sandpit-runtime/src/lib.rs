@@ -14,6 +14,7 @@ mod native;
 pub mod net;
 pub mod seccomp;
 pub mod sockpath;
+pub mod tuning;
 
 use std::path::PathBuf;
 
