@@ -75,6 +75,7 @@ from .models import (
     StdoutEvent,
     TenantInfo,
 )
+from .terminal import AsyncTerminal, Terminal
 
 __version__ = "0.1.0"
 
@@ -90,6 +91,7 @@ __all__ = [
     "AsyncSession",
     "AsyncSessions",
     "AsyncSnapshots",
+    "AsyncTerminal",
     "AuthError",
     "BadRequestError",
     "Client",
@@ -135,6 +137,7 @@ __all__ = [
     "StderrEvent",
     "StdoutEvent",
     "TenantInfo",
+    "Terminal",
     "TimeoutError",
     "__version__",
 ]

@@ -58,6 +58,7 @@ from .models import (
     parse_event,
     TenantInfo,
 )
+from .terminal import TerminalOpening
 
 
 class _AsyncTransport:
@@ -447,6 +448,14 @@ class AsyncSandbox:
         return cast(
             AsyncIterator[CodeEvent], self._t.events(_api.run_code(self.id, code, lang, cid, timeout_ms, False))
         )
+
+    # terminals
+
+    def terminal(self, cols: int = 80, rows: int = 24, command: Optional[str] = None) -> TerminalOpening:
+        """Open an interactive terminal over the ``/pty`` WebSocket: ``t = await
+        sb.terminal()`` or ``async with sb.terminal() as t:`` (hung up on exit). The methods
+        of ``AsyncTerminal`` are awaited; ``NotFoundError`` if the sandbox does not exist."""
+        return TerminalOpening(self._t.settings, self.id, cols, rows, command, self._t.settings.timeout)
 
     # snapshots and git
 

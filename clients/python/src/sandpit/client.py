@@ -39,6 +39,7 @@ from .models import (
     TenantInfo,
     parse_event,
 )
+from .terminal import Terminal
 
 PathLike = Union[str, "os.PathLike[str]"]
 CHUNK = 1 << 20
@@ -411,6 +412,15 @@ class Sandbox:
         cid = context.id if isinstance(context, CodeContext) else context
         lang = None if cid is not None else language
         return cast(Iterator[CodeEvent], self._t.events(_api.run_code(self.id, code, lang, cid, timeout_ms, False)))
+
+    # terminals
+
+    def terminal(self, cols: int = 80, rows: int = 24, command: Optional[str] = None) -> Terminal:
+        """Open an interactive terminal (bash, or ``command`` run by bash) over the
+        ``/pty`` WebSocket, with the client's token. ``with sb.terminal() as t:`` hangs it
+        up on exit; ``t.send``, ``t.recv``, ``t.read_until``, ``t.resize``, ``t.wait`` (the
+        exit code), ``t.exit_code``. ``NotFoundError`` if the sandbox does not exist."""
+        return Terminal.open(self._t.settings, self.id, cols, rows, command, self._t.settings.timeout)
 
     # snapshots and git
 
