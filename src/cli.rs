@@ -999,15 +999,41 @@ async fn shell(sb: &SandboxClient, command: Option<&str>) -> Outcome {
     let (mut writer, mut reader) = pty.split();
     let raw = RawMode::enable();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ToPty>(64);
-    // Keystrokes; at the end of stdin nothing more is typed (the terminal stays open).
+    // Keystrokes. At the end of a terminal's input nothing more is typed (the terminal stays
+    // open). At the end of piped input (stdin not a terminal) the input ends, so
+    // `echo 'make test' | sandpit shell ID` exits with make's code: the shell is typed
+    // `exit` (a ^D typed ahead while a command runs is lost by the line discipline), a
+    // `--command` program gets ^D on an empty line (end of file for a canonical read).
     let keys = tx.clone();
+    let piped = !std::io::stdin().is_terminal();
+    let end_of_input: &'static [u8] = if command.is_none() {
+        b"exit\n"
+    } else {
+        b"\x04"
+    };
     let stdin_task = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 4096];
-        while let Ok(n) = stdin.read(&mut buf).await {
-            if n == 0 || keys.send(ToPty::Input(buf[..n].to_vec())).await.is_err() {
-                break;
+        let mut line_open = false;
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(n) if n > 0 => {
+                    line_open = buf[n - 1] != b'\n';
+                    if keys.send(ToPty::Input(buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+                _ => break,
             }
+        }
+        if piped {
+            let mut end = if line_open {
+                b"\n".to_vec()
+            } else {
+                Vec::new()
+            };
+            end.extend_from_slice(end_of_input);
+            let _ = keys.send(ToPty::Input(end)).await;
         }
     });
     // SIGWINCH: the local terminal was resized.

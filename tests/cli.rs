@@ -520,6 +520,68 @@ fn shell_through_a_pseudo_terminal() {
     assert!(size.is_some(), "no `stty size` answer in {screen:?}");
 }
 
+/// `sandpit shell` with stdin a pipe (no terminal, no raw mode): the input is typed, and its
+/// end ends the shell, so the CLI exits with the shell's code.
+#[test]
+fn shell_with_piped_input() {
+    let server = Server::start();
+    let cli = Cli::new(&server);
+    let id = server.new_sandbox();
+    assert_contained(&server, &id);
+    // An explicit exit: its code comes through. The sum is computed by the sandbox's bash,
+    // so the echo of the typed line cannot show it.
+    let out = piped_shell(&cli, &["shell", &id], b"echo $((40+2))hi; exit 3\n");
+    assert!(
+        text(&out.stdout).contains("42hi"),
+        "{:?}",
+        text(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr {:?}", text(&out.stderr));
+    // No exit: the end of the input ends the shell, with the last command's code, also
+    // when it comes while a command still runs and the last line has no newline.
+    let out = piped_shell(&cli, &["shell", &id], b"sleep 1; echo $((1+2))X; false");
+    assert!(text(&out.stdout).contains("3X"), "{:?}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(1), "stderr {:?}", text(&out.stderr));
+    let out = piped_shell(&cli, &["shell", &id], b"echo $((2+2))Y\n");
+    assert!(text(&out.stdout).contains("4Y"), "{:?}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(0), "stderr {:?}", text(&out.stderr));
+    // A --command program reading its input gets an end of file.
+    let out = piped_shell(
+        &cli,
+        &["shell", &id, "--command", "cat >/workspace/got; exit 4"],
+        b"piped line\n",
+    );
+    assert_eq!(out.status.code(), Some(4), "stderr {:?}", text(&out.stderr));
+    assert_eq!(server.get_file(&id, "/workspace/got"), b"piped line\n");
+}
+
+/// Runs the CLI with `input` on a pipe as stdin, closed after; waits for it to exit (a CLI
+/// that never does is killed after two minutes: a hang, not a slow run).
+fn piped_shell(cli: &Cli, args: &[&str], input: &[u8]) -> Output {
+    let mut proc = cli
+        .command(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the CLI");
+    let mut stdin = proc.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    for _ in 0..1200 {
+        if proc.try_wait().expect("try_wait").is_some() {
+            return proc.wait_with_output().expect("output");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = proc.kill();
+    let out = proc.wait_with_output().expect("output");
+    panic!(
+        "sandpit {args:?} did not exit at the end of its input; stdout {:?}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn snapshot_commands_when_the_server_has_them() {
     let server = Server::start();
