@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import httpx
 import pytest
@@ -51,7 +51,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(token: Optional[str]) -> Server:
+def _start(token: Optional[str], args: Sequence[str] = ()) -> Server:
     if not os.access(BIN, os.X_OK):
         pytest.fail(f"sandpit binary not found at {BIN} (build it, or set SANDPIT_BIN)")
     data_dir = Path(tempfile.mkdtemp(prefix="sandpit-pytest-"))
@@ -63,7 +63,7 @@ def _start(token: Optional[str]) -> Server:
         env["SANDPIT_AUTH_TOKEN"] = token
     log = open(data_dir / "server.log", "ab")
     proc = subprocess.Popen(
-        [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
+        [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *args],
         cwd=data_dir,
         env=env,
         stdin=subprocess.DEVNULL,

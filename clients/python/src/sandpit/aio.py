@@ -105,7 +105,7 @@ class _AsyncTransport:
     async def send(self, call: Call) -> httpx.Response:
         resp = await self._send(call, stream=False)
         if resp.status_code >= 400:
-            raise from_body(resp.status_code, resp.content)
+            raise from_body(resp.status_code, resp.content, resp.headers.get("retry-after"))
         return resp
 
     async def json(self, call: Call) -> Any:
@@ -126,7 +126,7 @@ class _AsyncTransport:
         resp = await self._send(call, stream=True)
         try:
             if resp.status_code >= 400:
-                raise from_body(resp.status_code, await resp.aread())
+                raise from_body(resp.status_code, await resp.aread(), resp.headers.get("retry-after"))
             yield resp
         except httpx.TimeoutException as e:
             raise TimeoutError(f"{call.method} {call.path}: read timed out", "client_timeout") from e

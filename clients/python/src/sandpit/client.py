@@ -94,7 +94,7 @@ class _Transport:
     def send(self, call: Call) -> httpx.Response:
         resp = self._send(call, stream=False)
         if resp.status_code >= 400:
-            raise from_body(resp.status_code, resp.content)
+            raise from_body(resp.status_code, resp.content, resp.headers.get("retry-after"))
         return resp
 
     def json(self, call: Call) -> Any:
@@ -115,7 +115,7 @@ class _Transport:
         resp = self._send(call, stream=True)
         try:
             if resp.status_code >= 400:
-                raise from_body(resp.status_code, resp.read())
+                raise from_body(resp.status_code, resp.read(), resp.headers.get("retry-after"))
             yield resp
         except httpx.TimeoutException as e:
             raise TimeoutError(f"{call.method} {call.path}: read timed out", "client_timeout") from e
@@ -866,7 +866,7 @@ def _proxied(resp: httpx.Response) -> httpx.Response:
         except (ValueError, AttributeError):
             code = None
         if code in ("bad_request", "unauthorized", "not_found", "not_running", "bad_gateway", "sandbox_unavailable"):
-            raise from_body(resp.status_code, resp.content)
+            raise from_body(resp.status_code, resp.content, resp.headers.get("retry-after"))
     return resp
 
 

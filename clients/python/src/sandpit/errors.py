@@ -61,8 +61,24 @@ class TimeoutError(SandpitError, builtins.TimeoutError):
     """408 from the server (``timeout``, e.g. wait-port), or the client's own read timeout."""
 
 
+class QuotaExceededError(SandpitError):
+    """429 ``quota_exceeded``: the tenant's quota (sandboxes, memory, creations per minute).
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one."""
+
+    def __init__(
+        self, message: str, code: str = "quota_exceeded", status: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code, status)
+        self.retry_after = retry_after
+
+
 class ServerError(SandpitError):
     """5xx: the server or the sandbox failed (``internal``, ``sandbox_unavailable``)."""
+
+
+class NoSpaceError(ServerError):
+    """507 ``no_space``: the sandbox's disk (``limits.disk_mb``) or the server's data dir is
+    full."""
 
 
 class ConnectionError(SandpitError, builtins.ConnectionError):
@@ -103,6 +119,8 @@ _BY_STATUS: dict[int, type[SandpitError]] = {
     409: ConflictError,
     413: PayloadTooLargeError,
     415: BadRequestError,
+    429: QuotaExceededError,
+    507: NoSpaceError,
 }
 
 
@@ -117,8 +135,9 @@ def error_class(status: int) -> type[SandpitError]:
     return SandpitError
 
 
-def from_body(status: int, body: bytes) -> SandpitError:
-    """Build the error for a non-2xx answer from its body (the server's error JSON, or text)."""
+def from_body(status: int, body: bytes, retry_after: str | None = None) -> SandpitError:
+    """Build the error for a non-2xx answer from its body (the server's error JSON, or text)
+    and, for a 429, its ``Retry-After`` header."""
     code = "http_error"
     message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
     try:
@@ -129,7 +148,17 @@ def from_body(status: int, body: bytes) -> SandpitError:
         err = parsed["error"]
         code = str(err.get("code", code))
         message = str(err.get("message", message))
-    return error_class(status)(message, code, status)
+    err_class = error_class(status)
+    if err_class is QuotaExceededError:
+        return QuotaExceededError(message, code, status, _seconds(retry_after))
+    return err_class(message, code, status)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def from_event(data: dict[str, Any]) -> SandpitError:
@@ -142,4 +171,6 @@ def from_event(data: dict[str, Any]) -> SandpitError:
         return NotFoundError(message, code, None)
     if code in ("not_running", "already_exists"):
         return ConflictError(message, code, None)
+    if code == "no_space":
+        return NoSpaceError(message, code, None)
     return ServerError(message, code, None)

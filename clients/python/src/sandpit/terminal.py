@@ -64,7 +64,7 @@ def _check_size(cols: int, rows: int) -> None:
 
 def _connect_error(url: str, e: Exception) -> SandpitError:
     if isinstance(e, InvalidStatus):
-        return from_body(e.response.status_code, bytes(e.response.body or b""))
+        return from_body(e.response.status_code, bytes(e.response.body or b""), e.response.headers.get("retry-after"))
     if isinstance(e, (OSError, InvalidHandshake)):
         return ConnectionError(f"GET {url}: {e or type(e).__name__}", "connection_error")
     return SandpitError(f"GET {url}: {e}", "websocket_error")
