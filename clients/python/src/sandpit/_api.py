@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
-from .models import Limits
+from .models import ExecResult, Limits
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 DEFAULT_TIMEOUT = 60.0
@@ -496,3 +496,34 @@ class SSEDecoder:
     def flush(self) -> Optional[Tuple[str, Dict[str, Any]]]:
         """The last event when the stream ends without its blank line."""
         return self.feed("")
+
+
+class LineSplitter:
+    """Per-line output of a streamed command for ``exec(on_stdout=..., on_stderr=...)``:
+    ``feed`` takes a chunk of one stream and answers its complete lines (without the
+    newline); ``rest`` the last unterminated line. The whole text is kept for the result."""
+
+    def __init__(self) -> None:
+        self.text: List[str] = []
+        self._partial = ""
+
+    def feed(self, chunk: str) -> List[str]:
+        self.text.append(chunk)
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()
+        return lines
+
+    def rest(self) -> Optional[str]:
+        line, self._partial = self._partial, ""
+        return line or None
+
+
+def streamed_result(out: LineSplitter, err: LineSplitter, exit: Any) -> ExecResult:
+    """The ``ExecResult`` of a streamed command from its output and ``ExitEvent``."""
+    return ExecResult(
+        stdout="".join(out.text),
+        stderr="".join(err.text),
+        exit_code=exit.exit_code if exit.exit_code is not None else -1,
+        duration_ms=exit.duration_ms or 0,
+        timed_out=bool(exit.timed_out),
+    )

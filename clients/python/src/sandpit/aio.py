@@ -11,6 +11,7 @@ coroutines for calls and async iterators for streams.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -44,6 +45,7 @@ from .models import (
     ExecEvent,
     ExecResult,
     Execution,
+    ExitEvent,
     FileEntry,
     GitResult,
     Limits,
@@ -55,6 +57,8 @@ from .models import (
     SandboxInfo,
     SessionInfo,
     SnapshotInfo,
+    StderrEvent,
+    StdoutEvent,
     parse_event,
     TenantInfo,
 )
@@ -391,11 +395,42 @@ class AsyncSandbox:
         stdin: Optional[str] = None,
         timeout_ms: Optional[int] = None,
         session: Union[str, AsyncSession, None] = None,
+        on_stdout: Optional[Callable[[str], Any]] = None,
+        on_stderr: Optional[Callable[[str], Any]] = None,
     ) -> ExecResult:
-        """Run a command (shell text, or an argv list run without a shell) and wait for it."""
+        """Run a command (shell text, or an argv list run without a shell) and wait for it.
+
+        With ``on_stdout``/``on_stderr`` (plain functions or coroutine functions) the output is
+        streamed and each callback gets every line (without its newline) as it is printed;
+        the result still holds all of it. An exception from a callback ends the stream and
+        kills the command."""
         sid = session.id if isinstance(session, AsyncSession) else session
-        call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, None)
-        return ExecResult.from_json(await self._t.json(call))
+        if on_stdout is None and on_stderr is None:
+            call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, None)
+            return ExecResult.from_json(await self._t.json(call))
+        call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, True)
+        out, err = _api.LineSplitter(), _api.LineSplitter()
+
+        async def emit(callback: Optional[Callable[[str], Any]], line: str) -> None:
+            if callback is not None:
+                answer = callback(line)
+                if inspect.isawaitable(answer):
+                    await answer
+
+        async for event in self._t.events(call):
+            if isinstance(event, StdoutEvent):
+                for line in out.feed(event.data):
+                    await emit(on_stdout, line)
+            elif isinstance(event, StderrEvent):
+                for line in err.feed(event.data):
+                    await emit(on_stderr, line)
+            elif isinstance(event, ExitEvent):
+                for splitter, callback in ((out, on_stdout), (err, on_stderr)):
+                    rest = splitter.rest()
+                    if rest is not None:
+                        await emit(callback, rest)
+                return _api.streamed_result(out, err, event)
+        raise SandpitError("the command's stream ended without an exit event", "stream_error")
 
     def stream(
         self,
@@ -631,8 +666,19 @@ class AsyncSession:
         env: Optional[Mapping[str, str]] = None,
         stdin: Optional[str] = None,
         timeout_ms: Optional[int] = None,
+        on_stdout: Optional[Callable[[str], Any]] = None,
+        on_stderr: Optional[Callable[[str], Any]] = None,
     ) -> ExecResult:
-        return await self.sandbox.exec(command, cwd=cwd, env=env, stdin=stdin, timeout_ms=timeout_ms, session=self.id)
+        return await self.sandbox.exec(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            timeout_ms=timeout_ms,
+            session=self.id,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
 
     def stream(
         self,

@@ -11,7 +11,7 @@ import os
 import time
 from contextlib import contextmanager
 from types import TracebackType
-from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Type, Union, cast
+from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Type, Union, cast
 
 import httpx
 
@@ -24,6 +24,7 @@ from .models import (
     ExecEvent,
     ExecResult,
     Execution,
+    ExitEvent,
     FileEntry,
     GitResult,
     Limits,
@@ -36,6 +37,8 @@ from .models import (
     SandboxInfo,
     SessionInfo,
     SnapshotInfo,
+    StderrEvent,
+    StdoutEvent,
     TenantInfo,
     parse_event,
 )
@@ -357,11 +360,36 @@ class Sandbox:
         stdin: Optional[str] = None,
         timeout_ms: Optional[int] = None,
         session: Union[str, Session, None] = None,
+        on_stdout: Optional[Callable[[str], Any]] = None,
+        on_stderr: Optional[Callable[[str], Any]] = None,
     ) -> ExecResult:
-        """Run a command (shell text, or an argv list run without a shell) and wait for it."""
+        """Run a command (shell text, or an argv list run without a shell) and wait for it.
+
+        With ``on_stdout``/``on_stderr`` the output is streamed and each callback gets every
+        line (without its newline) as it is printed; the result still holds all of it. An
+        exception from a callback ends the stream and kills the command."""
         sid = session.id if isinstance(session, Session) else session
-        call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, None)
-        return ExecResult.from_json(self._t.json(call))
+        if on_stdout is None and on_stderr is None:
+            call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, None)
+            return ExecResult.from_json(self._t.json(call))
+        call = _api.exec_(self.id, command, cwd, env, stdin, timeout_ms, sid, True)
+        out, err = _api.LineSplitter(), _api.LineSplitter()
+        for event in self._t.events(call):
+            if isinstance(event, StdoutEvent):
+                for line in out.feed(event.data):
+                    if on_stdout is not None:
+                        on_stdout(line)
+            elif isinstance(event, StderrEvent):
+                for line in err.feed(event.data):
+                    if on_stderr is not None:
+                        on_stderr(line)
+            elif isinstance(event, ExitEvent):
+                for splitter, callback in ((out, on_stdout), (err, on_stderr)):
+                    rest = splitter.rest()
+                    if rest is not None and callback is not None:
+                        callback(rest)
+                return _api.streamed_result(out, err, event)
+        raise SandpitError("the command's stream ended without an exit event", "stream_error")
 
     def stream(
         self,
@@ -583,8 +611,19 @@ class Session:
         env: Optional[Mapping[str, str]] = None,
         stdin: Optional[str] = None,
         timeout_ms: Optional[int] = None,
+        on_stdout: Optional[Callable[[str], Any]] = None,
+        on_stderr: Optional[Callable[[str], Any]] = None,
     ) -> ExecResult:
-        return self.sandbox.exec(command, cwd=cwd, env=env, stdin=stdin, timeout_ms=timeout_ms, session=self.id)
+        return self.sandbox.exec(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            timeout_ms=timeout_ms,
+            session=self.id,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
 
     def stream(
         self,
