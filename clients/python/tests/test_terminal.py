@@ -52,6 +52,20 @@ def test_resize_changes_stty_size(sandbox: Sandbox) -> None:
         assert term.wait(timeout=WAIT) == 0
 
 
+def test_a_read_timeout_keeps_the_output_and_the_terminal(sandbox: Sandbox) -> None:
+    with sandbox.terminal() as term:
+        term.send("echo $((5+5))Q\n")
+        term.read_until("10Q", timeout=WAIT)
+        term.send("echo $((6+6))R\n")
+        # Never printed: the wait ends in a TimeoutError, and what came meanwhile stays.
+        with pytest.raises(sandpit.TimeoutError) as e:
+            term.read_until("never printed", timeout=1.0)
+        assert e.value.code == "client_timeout"
+        term.read_until("12R", timeout=WAIT)
+        term.send("exit 9\n")
+        assert term.wait(timeout=WAIT) == 9
+
+
 def test_a_missing_sandbox_raises_not_found(client: Client) -> None:
     sb = client.create()
     sb.delete()

@@ -191,6 +191,10 @@ class Terminal:
         pending = self._buf.take_all()
         if pending is not None:
             return pending
+        return self._next(timeout)
+
+    def _next(self, timeout: Optional[float]) -> Optional[bytes]:
+        """The next output message off the socket, past the buffer."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._done:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -227,12 +231,9 @@ class Terminal:
             if got is not None:
                 return got
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            seen = bytes(self._buf.pending)
-            self._buf.pending.clear()
-            chunk = self.recv(timeout=left)
-            self._buf.pending += seen
+            chunk = self._next(left)
             if chunk is None:
-                raise _closed_before(want, seen)
+                raise _closed_before(want, bytes(self._buf.pending))
             self._buf.pending += chunk
 
     def read_all(self, timeout: Optional[float] = None) -> bytes:
@@ -329,9 +330,15 @@ class AsyncTerminal:
         pending = self._buf.take_all()
         if pending is not None:
             return pending
+        return await self._next(timeout)
+
+    async def _next(self, timeout: Optional[float]) -> Optional[bytes]:
+        """The next output message off the socket, past the buffer."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._done:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                msg = await asyncio.wait_for(self._ws.recv(), timeout)
+                msg = await asyncio.wait_for(self._ws.recv(), left)
             except _TIMEOUTS as e:
                 raise TimeoutError(f"no terminal output in {timeout} s", "client_timeout") from e
             except ConnectionClosed:
@@ -361,12 +368,9 @@ class AsyncTerminal:
             if got is not None:
                 return got
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            seen = bytes(self._buf.pending)
-            self._buf.pending.clear()
-            chunk = await self.recv(timeout=left)
-            self._buf.pending += seen
+            chunk = await self._next(left)
             if chunk is None:
-                raise _closed_before(want, seen)
+                raise _closed_before(want, bytes(self._buf.pending))
             self._buf.pending += chunk
 
     async def read_all(self, timeout: Optional[float] = None) -> bytes:
