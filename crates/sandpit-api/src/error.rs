@@ -33,6 +33,7 @@ impl From<CoreError> for ApiError {
             "not_found" | "snapshot_not_found" => StatusCode::NOT_FOUND,
             "storage_error" => StatusCode::BAD_GATEWAY,
             "already_exists" | "not_empty" | "not_running" => StatusCode::CONFLICT,
+            "interrupted" => StatusCode::CONFLICT,
             "timeout" => StatusCode::REQUEST_TIMEOUT,
 
             "permission_denied" => StatusCode::FORBIDDEN,

@@ -24,6 +24,8 @@ pub struct AgentClient {
     id: String,
     socket: PathBuf,
     idle: Pool,
+    /// Counts sleeps; a stream that loses the agent after one began ends `Interrupted`.
+    sleeps: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Idle connections to one agent, shared with the tasks that stream exec output.
@@ -45,7 +47,25 @@ impl AgentClient {
             id: id.to_string(),
             socket,
             idle: Arc::new(Mutex::new(Vec::new())),
+            sleeps: Arc::default(),
         }
+    }
+
+    /// Marks the agent as being put to sleep: streams open now end `Interrupted`.
+    pub fn interrupt(&self) {
+        self.sleeps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.reset();
+    }
+
+    /// What a stream begun at `sleeps == at` that lost the agent (`what`) ends with.
+    fn lost(id: &str, sleeps: &std::sync::atomic::AtomicU64, at: u64, what: String) -> CoreError {
+        if sleeps.load(std::sync::atomic::Ordering::SeqCst) != at {
+            return CoreError::Interrupted(format!(
+                "sandbox '{id}' was put to sleep during the call ({what}); the next call wakes it"
+            ));
+        }
+        CoreError::unavailable(id, what)
     }
 
     fn broken(&self, e: impl std::fmt::Display) -> CoreError {
@@ -177,6 +197,7 @@ impl AgentClient {
         kill_on_disconnect: bool,
         guard: G,
     ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
+        let at = self.sleeps.load(std::sync::atomic::Ordering::SeqCst);
         let send_stdin = |mut conn: UnixStream| {
             let stdin = stdin.clone();
             async move {
@@ -215,6 +236,7 @@ impl AgentClient {
         };
         let (tx, rx) = mpsc::channel(64);
         let id = self.id.clone();
+        let sleeps = self.sleeps.clone();
         let _ = tx.send(Ok(first)).await;
         let pool = self.idle.clone();
         tokio::spawn(async move {
@@ -247,8 +269,10 @@ impl AgentClient {
                     Ok(_) => continue,
                     Err(e) => {
                         let _ = tx
-                            .send(Err(CoreError::unavailable(
+                            .send(Err(Self::lost(
                                 &id,
+                                &sleeps,
+                                at,
                                 format!("lost the agent during exec: {e}"),
                             )))
                             .await;
@@ -267,7 +291,13 @@ impl AgentClient {
     }
 
     /// Opens a file for reading: its size and a stream of its bytes.
-    pub async fn read_file(&self, path: &str) -> Result<(u64, ByteStream), CoreError> {
+    /// `guard` lives until the file was read to its end (or the reader left).
+    pub async fn read_file<G: Send + 'static>(
+        &self,
+        path: &str,
+        guard: G,
+    ) -> Result<(u64, ByteStream), CoreError> {
+        let at = self.sleeps.load(std::sync::atomic::Ordering::SeqCst);
         let req = Request::ReadFile {
             path: path.to_string(),
         };
@@ -293,7 +323,9 @@ impl AgentClient {
         let (tx, rx) = mpsc::channel(8);
         let id = self.id.clone();
         let pool = self.idle.clone();
+        let sleeps = self.sleeps.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             loop {
                 match read_frame(&mut conn).await {
                     Ok(Frame::Data(_, d)) => {
@@ -307,7 +339,12 @@ impl AgentClient {
                     }
                     Ok(Frame::Json(_)) | Err(_) => {
                         let _ = tx
-                            .send(Err(CoreError::unavailable(&id, "file read interrupted")))
+                            .send(Err(Self::lost(
+                                &id,
+                                &sleeps,
+                                at,
+                                "file read interrupted".into(),
+                            )))
                             .await;
                         return;
                     }

@@ -24,6 +24,10 @@ pub enum CoreError {
     Unavailable { id: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A sleep put the sandbox down while the call (a command, a file read) was running;
+    /// the sandbox itself is fine and the next call wakes it.
+    #[error("{0}")]
+    Interrupted(String),
     /// This server cannot do what was asked (e.g. egress networking when rootless).
     #[error("{0}")]
     NotSupported(String),
@@ -71,6 +75,7 @@ impl CoreError {
             },
             Self::Unavailable { .. } => "sandbox_unavailable",
             Self::Internal(_) => "internal",
+            Self::Interrupted(_) => "interrupted",
             Self::NotSupported(_) => "not_supported",
             Self::GitFailed(_) => "git_failed",
             Self::SnapshotNotFound(_) => "snapshot_not_found",

@@ -74,6 +74,10 @@ struct Handle {
     agent: AgentClient,
     /// Held while the sandbox starts or restarts; calls wait on it.
     life: tokio::sync::Mutex<()>,
+    /// Read-held by a call from its readiness check until it reached the agent; a sleep
+    /// write-holds it, so it never falls between a call's check and its request. Taken
+    /// before `life`, never the other way round.
+    calls: Arc<tokio::sync::RwLock<()>>,
     /// Activity not yet written to the store.
     dirty: std::sync::atomic::AtomicBool,
     /// Commands running now; a sandbox with any never expires under them.
@@ -95,6 +99,31 @@ impl BusyGuard {
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A sandbox ready for a call: no sleep starts while this is held (see `Handle::calls`).
+struct Ready {
+    handle: Arc<Handle>,
+    _calls: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl std::ops::Deref for Ready {
+    type Target = Arc<Handle>;
+    fn deref(&self) -> &Arc<Handle> {
+        &self.handle
+    }
+}
+
+impl Ready {
+    /// Lets sleeps in again, for a call that may wait long (a sleep then ends it).
+    fn detach(self) -> Arc<Handle> {
+        self.handle
+    }
+
+    /// The handle and the guard, for a call that hands the guard to its stream.
+    fn into_parts(self) -> (Arc<Handle>, tokio::sync::OwnedRwLockReadGuard<()>) {
+        (self.handle, self._calls)
     }
 }
 
@@ -253,6 +282,7 @@ impl SandboxManager {
             agent: AgentClient::new(&record.id, socket),
             record: Mutex::new(record),
             life: tokio::sync::Mutex::new(()),
+            calls: Arc::default(),
             dirty: false.into(),
             busy: Arc::default(),
             expiry_snapshot_failures: 0.into(),
@@ -932,9 +962,11 @@ impl SandboxManager {
 
     /// The handle of a sandbox ready for calls: activity is recorded and a sandbox whose agent
     /// is gone is brought back first.
-    async fn ready(&self, id: &str) -> Result<Arc<Handle>, CoreError> {
+    /// A sleep waits until the call has reached the agent (the returned guard is dropped).
+    async fn ready(&self, id: &str) -> Result<Ready, CoreError> {
         let h = self.handle(id)?;
         Self::mark_active(&h);
+        let calls = h.calls.clone().read_owned().await;
         let healthy = {
             let _life = h.life.lock().await;
             let r = h.record();
@@ -943,7 +975,10 @@ impl SandboxManager {
         if !healthy {
             self.ensure_running(&h).await?;
         }
-        Ok(h)
+        Ok(Ready {
+            handle: h,
+            _calls: calls,
+        })
     }
 
     /// The environment every command starts from: the base, then the sandbox's own.
@@ -1046,7 +1081,9 @@ impl SandboxManager {
     }
 
     pub async fn read_file(&self, id: &str, path: &str) -> Result<(u64, ByteStream), CoreError> {
-        self.ready(id).await?.agent.read_file(path).await
+        // No sleep cuts the download off: the guard goes with its stream.
+        let (h, calls) = self.ready(id).await?.into_parts();
+        h.agent.read_file(path, calls).await
     }
 
     pub async fn write_file<S, E>(&self, id: &str, path: &str, body: S) -> Result<(), CoreError>
@@ -1075,7 +1112,10 @@ impl SandboxManager {
     {
         let h = self.ready(id).await?;
         let life = h.record().launched;
-        match op(h).await {
+        let first = op(h.handle.clone()).await;
+        // (Released before waiting for readiness again: a sleep may be queued behind it.)
+        drop(h);
+        match first {
             Err(e @ CoreError::Unavailable { .. }) if life.is_some() => {
                 let again = self.ready(id).await?;
                 if again.record().launched == life {
@@ -1083,7 +1123,7 @@ impl SandboxManager {
                     return Err(e);
                 }
                 tracing::debug!(sandbox = %id, error = %e, "agent call sent again on the sandbox's new life");
-                op(again).await
+                op(again.handle.clone()).await
             }
             other => other,
         }
@@ -1255,7 +1295,7 @@ impl SandboxManager {
         pid: &str,
         timeout_ms: u64,
     ) -> Result<Process, CoreError> {
-        let h = self.ready(id).await?;
+        let h = self.ready(id).await?.detach();
         let _busy = BusyGuard::new(&h.busy);
         process(
             h.agent
@@ -1274,7 +1314,7 @@ impl SandboxManager {
         port: u16,
         timeout_ms: u64,
     ) -> Result<(), CoreError> {
-        let h = self.ready(id).await?;
+        let h = self.ready(id).await?.detach();
         let _busy = BusyGuard::new(&h.busy);
         h.agent
             .call(&Request::ProcWaitPort {

@@ -95,6 +95,14 @@ impl SandboxManager {
         h: &Handle,
         idle_since: Option<i64>,
     ) -> Result<(), CoreError> {
+        // The idle sleep (the reaper) does not wait for calls: a call is activity anyway.
+        let _calls = match idle_since {
+            Some(_) => match h.calls.clone().try_write_owned() {
+                Ok(g) => g,
+                Err(_) => return Ok(()),
+            },
+            None => h.calls.clone().write_owned().await,
+        };
         let _life = h.life.lock().await;
         let (id, launched, status, last_active) = {
             let r = h.record();
@@ -104,6 +112,8 @@ impl SandboxManager {
         if status == Status::Sleeping || idle_since.is_some_and(|t| t != last_active || busy) {
             return Ok(());
         }
+        // Commands and reads still streaming end with `Interrupted`, not as a lost agent.
+        h.agent.interrupt();
         self.runtime
             .stop(&id, launched)
             .await
