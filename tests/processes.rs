@@ -891,3 +891,62 @@ fn stdin_still_works_after_server_kill9() {
     assert_eq!(done["exit_code"], 0, "{done}");
     assert_eq!(logs(&server, &id, "cat", 0, 0)["stdout"], "before\nafter\n");
 }
+
+/// The `sandpit_log_followers` gauge (running log-follower tasks) from `/metrics`.
+fn log_followers(server: &Server) -> f64 {
+    let r = server.request(Method::GET, "/metrics");
+    r.expect(200);
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("sandpit_log_followers "))
+        .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN))
+}
+
+#[test]
+fn a_log_follower_ends_when_its_client_leaves_a_silent_process() {
+    let server = Server::start();
+    let id = server.new_sandbox();
+    start(
+        &server,
+        &id,
+        &json!({ "id": "silent", "command": "sleep 1000" }),
+    );
+    assert_eq!(log_followers(&server), 0.0);
+    {
+        // A follow request on a process that never writes; the client reads the headers and
+        // hangs up.
+        use std::io::{BufRead, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        let path = proc_path(&id, "silent", "/logs");
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut status = String::new();
+        std::io::BufReader::new(&conn)
+            .read_line(&mut status)
+            .expect("status line");
+        assert!(status.contains(" 200 "), "{status}");
+        // The follower runs while the client is connected.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log_followers(&server) != 1.0 {
+            assert!(Instant::now() < deadline, "no follower counted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Gone with its client, though the process never wrote anything.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log_followers(&server) != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the follower outlived its client by 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        get_proc(&server, &id, "silent")["status"],
+        "running",
+        "the process lives on"
+    );
+}

@@ -1028,6 +1028,7 @@ async fn stream_logs(
     });
     // Task-locals do not cross `spawn`: the follower looks the sandbox up as the caller.
     tokio::spawn(sandpit_core::tenant::inherit(async move {
+        let _follower = crate::routes::processes::Follower::new();
         if tx.send(first).await.is_err() {
             return;
         }
@@ -1072,12 +1073,9 @@ async fn stream_logs(
                     .await;
                 return;
             }
-            if drained {
-                // A client that went away ends the follower even while nothing is written.
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-                }
+            // A client that went away ends the follower even while nothing is written.
+            if drained && !crate::routes::processes::pause_follow(&tx, FOLLOW_EVERY).await {
+                return;
             }
         }
     }));
