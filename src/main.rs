@@ -170,6 +170,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         if let (Some(mb), Some(why)) = (core.default_limits.disk_mb, sandpit_runtime::Runtime::disk_unsupported(runtime.as_ref())) {
             tracing::warn!("defaults.disk_mb = {mb} is not applied: {why}");
         }
+        let native = runtime.clone();
         let manager = sandpit_core::SandboxManager::new(runtime, store, core);
         let storage = sandpit_core::snapshot::ObjectStorage::open(&cfg.storage, &data_dir)
             .context("snapshot storage")?;
@@ -208,6 +209,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             e2b.abort();
         }
         manager.flush();
+        native.remove_instance_cgroups();
         tracing::info!("stopped; sandboxes keep running and are re-attached at the next start");
         Ok::<_, anyhow::Error>(())
     })

@@ -150,6 +150,22 @@ impl CgroupSetup {
         Self::Unavailable("no cgroup hierarchy with the memory or pids controller".into())
     }
 
+    /// Removes this instance's parent directories (at a clean shutdown). A cgroup directory
+    /// with a sandbox's cgroup (or a process) in it cannot be removed: those stay, for the
+    /// sandboxes that outlive the server. Returns the directories left in place.
+    pub fn remove_parents(&self) -> Vec<PathBuf> {
+        let parents: Vec<&PathBuf> = match self {
+            Self::V1 { memory, pids, cpu } => [memory, pids, cpu].into_iter().flatten().collect(),
+            Self::V2 { parent } => vec![parent],
+            Self::Unavailable(_) => vec![],
+        };
+        parents
+            .into_iter()
+            .filter(|p| p.exists() && fs::remove_dir(p).is_err())
+            .cloned()
+            .collect()
+    }
+
     /// A warning to show on every sandbox, if limits cannot be applied.
     pub fn warning(&self) -> Option<String> {
         match self {

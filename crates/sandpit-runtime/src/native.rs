@@ -35,6 +35,14 @@ pub struct NativeRuntime {
 }
 
 impl NativeRuntime {
+    /// At a clean shutdown: removes this server's own cgroup directories (one per v1
+    /// hierarchy, or the v2 one) unless sandboxes still have theirs in them.
+    pub fn remove_instance_cgroups(&self) {
+        for dir in self.cgroups.remove_parents() {
+            tracing::info!(dir = %dir.display(), "instance cgroup kept: sandboxes still use it");
+        }
+    }
+
     pub fn new(opts: RuntimeOptions) -> Self {
         let instance = instance_name(&opts.data_dir);
         let cgroups = CgroupSetup::detect(&instance);
