@@ -60,9 +60,35 @@ def test_non_zero_exit_raises(sandbox):
     assert "bad" in e.value.stderr
 
 
+def _sleepers(sandbox, what: str) -> list[str]:
+    out = sandbox.commands.run("ps -eo args").stdout
+    return [line for line in out.splitlines() if line.strip() == what]
+
+
 def test_command_timeout(sandbox):
     with pytest.raises(TimeoutException):
         sandbox.commands.run("sleep 30", timeout=1)
+    # The timeout kills the command (as envd does), not only its stream.
+    for _ in range(50):
+        if not _sleepers(sandbox, "sleep 30"):
+            break
+        time.sleep(0.1)
+    assert _sleepers(sandbox, "sleep 30") == []
+    assert all("sleep 30" not in p.args for p in sandbox.commands.list())
+
+
+def test_background_command_timeout_kills_it(sandbox):
+    h = sandbox.commands.run("sleep 31", background=True, timeout=1)
+    with pytest.raises(TimeoutException):
+        h.wait()
+    for _ in range(50):
+        if not _sleepers(sandbox, "sleep 31"):
+            break
+        time.sleep(0.1)
+    assert _sleepers(sandbox, "sleep 31") == []
+    # timeout=0: no limit.
+    h = sandbox.commands.run("sleep 2; echo done", background=True, timeout=0)
+    assert h.wait().stdout == "done\n"
 
 
 def test_background_wait_list_and_kill(sandbox):

@@ -5,13 +5,14 @@
 //! `GET /health`. The sandbox is the `E2b-Sandbox-Id` header's.
 //!
 //! A command is one of sandpit's background processes (its E2B pid is its pid inside the
-//! sandbox); its stream follows the process's logs. A client's deadline ends the stream,
-//! never the command (background commands outlive it in E2B too). Watching a directory is
+//! sandbox); its stream follows the process's logs. The Start request's deadline
+//! (`Connect-Timeout-Ms`, the SDK's `timeout`) kills the command when it passes, as envd's
+//! does (background commands too); a Connect stream's deadline ends only that stream. Watching a directory is
 //! polling: its listing is compared every [`WATCH_EVERY`] (creates, writes, removes; a
 //! rename reads as a remove and a create). Relative paths are relative to `/workspace`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,8 @@ const WATCH_MAX_ENTRIES: usize = 10_000;
 const HOME: &str = "/workspace";
 /// How long an ended command's logs are kept for a `Connect` that comes late.
 const FORGET_AFTER: Duration = Duration::from_secs(5);
+/// How long past its timeout a command's stream waits to see the command killed.
+const KILL_GRACE: Duration = Duration::from_secs(2);
 
 static B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -188,15 +191,30 @@ async fn start(s: AppState, id: String, req: Value, headers: &HeaderMap) -> Resp
     if req.get("stdin").and_then(Value::as_bool) != Some(true) {
         let _ = s.manager.process_stdin(&id, &proc.id, &[], true).await;
     }
+    // As envd: the request's timeout bounds the command's life, not only its stream (the
+    // process is killed when it passes, whether or not the stream is still open).
+    let timeout = connect::deadline(headers);
+    let timed_out = Arc::new(AtomicBool::new(false));
+    if let Some(after) = timeout {
+        kill_after(
+            s.manager.clone(),
+            id.clone(),
+            proc.clone(),
+            after,
+            timed_out.clone(),
+        );
+    }
     let (tx, resp) = connect::stream();
     let follow = Follow {
         manager: s.manager.clone(),
         id,
         proc: proc.id,
         offsets: (0, 0),
-        deadline: connect::deadline(headers).map(|d| Instant::now() + d),
+        // The stream normally ends when the kill is seen; this is only a backstop.
+        deadline: timeout.map(|d| Instant::now() + d + KILL_GRACE),
         keepalive: connect::keepalive(headers),
         forget: true,
+        timed_out,
     };
     let pid = proc.pid;
     tokio::spawn(sandpit_core::tenant::inherit(async move {
@@ -248,6 +266,7 @@ async fn reconnect(s: AppState, id: String, req: Value, headers: &HeaderMap) -> 
         deadline: connect::deadline(headers).map(|d| Instant::now() + d),
         keepalive: connect::keepalive(headers),
         forget: false,
+        timed_out: Arc::new(AtomicBool::new(false)),
     };
     let pid = proc.pid;
     tokio::spawn(sandpit_core::tenant::inherit(async move {
@@ -268,6 +287,32 @@ struct Follow {
     keepalive: Option<Duration>,
     /// Forget the process some time after its end was sent (the stream that started it).
     forget: bool,
+    /// Set once the command was killed because its timeout passed.
+    timed_out: Arc<AtomicBool>,
+}
+
+/// Kills (SIGKILL, the whole tree) the command `proc` once `after` has passed, if it is
+/// still that same process and still running; `timed_out` tells its stream why it ended.
+fn kill_after(
+    manager: Arc<SandboxManager>,
+    id: String,
+    proc: Process,
+    after: Duration,
+    timed_out: Arc<AtomicBool>,
+) {
+    tokio::spawn(sandpit_core::tenant::inherit(async move {
+        tokio::time::sleep(after).await;
+        let Ok(now) = manager.get_process(&id, &proc.id).await else {
+            return;
+        };
+        if now.pid != proc.pid || now.status != "running" {
+            return;
+        }
+        timed_out.store(true, Ordering::SeqCst);
+        if manager.signal_process(&id, &proc.id, 9).await.is_err() {
+            timed_out.store(false, Ordering::SeqCst);
+        }
+    }));
 }
 
 impl Follow {
@@ -295,6 +340,17 @@ impl Follow {
             }
             self.offsets.0 += chunk.stdout.len() as u64;
             self.offsets.1 += chunk.stderr.len() as u64;
+            if drained && !chunk.running && self.timed_out.load(Ordering::SeqCst) {
+                if self.forget {
+                    self.forget_later();
+                }
+                return tx
+                    .end(Some(RpcError::new(
+                        "deadline_exceeded",
+                        "the command's timeout passed: it was killed",
+                    )))
+                    .await;
+            }
             if drained && !chunk.running {
                 let code = chunk.exit_code.unwrap_or(-1);
                 let end = json!({"event": {"end": {
@@ -318,7 +374,7 @@ impl Follow {
                 return tx
                     .end(Some(RpcError::new(
                         "deadline_exceeded",
-                        "the command's timeout passed (the command goes on running)",
+                        "the command's timeout passed",
                     )))
                     .await;
             }
