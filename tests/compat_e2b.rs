@@ -382,3 +382,54 @@ fn tenants_do_not_reach_each_other() {
     );
     r.expect(204);
 }
+
+/// The template name and metadata are stored with the sandbox: they survive a server
+/// restart, and go when the sandbox is deleted through `/v1` (a new sandbox of that id has
+/// none).
+#[test]
+fn metadata_survives_a_restart_and_goes_with_a_native_delete() {
+    let mut server = server();
+    let r = server.send(api(&server, Method::POST, "/sandboxes").json(&json!({
+        "templateID": "my-template", "timeout": 120, "metadata": {"suite": "restart", "n": "1"}
+    })));
+    r.expect(201);
+    let id = r.json()["sandboxID"].as_str().unwrap().to_string();
+    assert_eq!(r.json()["templateID"], "my-template");
+    server.restart();
+    let r = server.send(api(&server, Method::GET, &format!("/sandboxes/{id}")));
+    r.expect(200);
+    let d = r.json();
+    assert_eq!(d["templateID"], "my-template");
+    assert_eq!(d["metadata"], json!({"suite": "restart", "n": "1"}));
+    // The list's metadata filter reads it too.
+    let r = server.send(api(
+        &server,
+        Method::GET,
+        "/v2/sandboxes?metadata=suite%3Drestart",
+    ));
+    r.expect(200);
+    let listed = r.json();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["sandboxID"].as_str())
+        .collect();
+    assert_eq!(ids, vec![id.as_str()]);
+    // Deleted through the native API, then made again under the same id through it.
+    server.delete_sandbox(&id);
+    server.create(&json!({"id": id}));
+    let r = server.send(api(&server, Method::GET, &format!("/sandboxes/{id}")));
+    r.expect(200);
+    let d = r.json();
+    assert_eq!(d["templateID"], "base");
+    assert_eq!(d["metadata"], json!({}));
+    let r = server.send(api(
+        &server,
+        Method::GET,
+        "/v2/sandboxes?metadata=suite%3Drestart",
+    ));
+    r.expect(200);
+    assert_eq!(r.json(), json!([]));
+    server.delete_sandbox(&id);
+}

@@ -1393,6 +1393,19 @@ impl SandboxManager {
         Ok((token, created_at))
     }
 
+    /// Sets what `dialect` keeps about sandbox `id` (an opaque text, replacing what it had);
+    /// it is stored with the sandbox and deleted with it, by whichever route.
+    pub fn set_dialect_meta(&self, id: &str, dialect: &str, data: &str) -> Result<(), CoreError> {
+        self.handle(id)?;
+        self.store.put_dialect_meta(id, dialect, data)
+    }
+
+    /// What `dialect` keeps about sandbox `id`, if anything.
+    pub fn dialect_meta(&self, id: &str, dialect: &str) -> Result<Option<String>, CoreError> {
+        self.handle(id)?;
+        self.store.dialect_meta(id, dialect)
+    }
+
     /// Revokes a port's public token.
     pub fn revoke_port_token(&self, id: &str, port: u16) -> Result<(), CoreError> {
         self.handle(id)?;

@@ -30,6 +30,15 @@ pub trait Store: Send + Sync {
     fn snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>, CoreError>;
     /// Snapshots of one sandbox (or all), newest first.
     fn snapshots(&self, sandbox_id: Option<&str>) -> Result<Vec<SnapshotRecord>, CoreError>;
+    /// Sets (replacing) what a dialect keeps about a sandbox, an opaque text; it goes with the
+    /// sandbox (`delete`, `put_new`).
+    fn put_dialect_meta(
+        &self,
+        sandbox_id: &str,
+        dialect: &str,
+        data: &str,
+    ) -> Result<(), CoreError>;
+    fn dialect_meta(&self, sandbox_id: &str, dialect: &str) -> Result<Option<String>, CoreError>;
 }
 
 /// A public token of one port of one sandbox; only its SHA-256 is kept.
@@ -117,6 +126,18 @@ CREATE TABLE IF NOT EXISTS port_tokens (
 );
 ";
 
+/// What dialects keep about a sandbox beside sandpit's own record (E2B's template name and
+/// metadata), deleted with the sandbox. A table of its own, so older stores gain it as is.
+const DIALECT_META_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dialect_meta (
+    sandbox_id TEXT NOT NULL,
+    dialect TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (sandbox_id, dialect)
+);
+DELETE FROM dialect_meta WHERE sandbox_id NOT IN (SELECT id FROM sandboxes);
+";
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, CoreError> {
         let conn = Connection::open(path).map_err(db_err)?;
@@ -130,6 +151,7 @@ impl SqliteStore {
         conn.execute_batch(SNAPSHOT_SCHEMA).map_err(db_err)?;
         migrate(&conn)?;
         migrate_snapshot_tenant(&conn)?;
+        conn.execute_batch(DIALECT_META_SCHEMA).map_err(db_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -235,6 +257,11 @@ impl Store for SqliteStore {
                 params![r.id],
             )
             .map_err(db_err)?;
+            conn.execute(
+                "DELETE FROM dialect_meta WHERE sandbox_id = ?1",
+                params![r.id],
+            )
+            .map_err(db_err)?;
             write_record(conn, r)
         })
     }
@@ -245,6 +272,11 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             conn.execute("DELETE FROM sandbox_sleep WHERE id = ?1", params![id])
                 .map_err(db_err)?;
+            conn.execute(
+                "DELETE FROM dialect_meta WHERE sandbox_id = ?1",
+                params![id],
+            )
+            .map_err(db_err)?;
             Ok(())
         })
     }
@@ -413,6 +445,34 @@ impl Store for SqliteStore {
             )
             .map_err(db_err)?;
         Ok(())
+    }
+
+    fn put_dialect_meta(
+        &self,
+        sandbox_id: &str,
+        dialect: &str,
+        data: &str,
+    ) -> Result<(), CoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO dialect_meta (sandbox_id, dialect, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(sandbox_id, dialect) DO UPDATE SET data=?3",
+                params![sandbox_id, dialect, data],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn dialect_meta(&self, sandbox_id: &str, dialect: &str) -> Result<Option<String>, CoreError> {
+        use rusqlite::OptionalExtension;
+        self.conn()
+            .query_row(
+                "SELECT data FROM dialect_meta WHERE sandbox_id = ?1 AND dialect = ?2",
+                params![sandbox_id, dialect],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_err)
     }
 
     fn port_tokens(&self, sandbox_id: &str) -> Result<Vec<PortToken>, CoreError> {
@@ -608,6 +668,55 @@ mod tests {
             assert_eq!(all[0].tenant, "default");
             assert_eq!(all[0].limits.memory_mb, Some(64));
         }
+    }
+
+    #[test]
+    fn dialect_meta_survives_reopening_and_goes_with_its_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let rec = |id: &str| Record {
+            id: id.into(),
+            status: Status::Running,
+            created_at: 1,
+            last_active_at: 2,
+            keepalive_seconds: 600,
+            limits: Limits {
+                memory_mb: None,
+                cpus: None,
+                pids: None,
+                open_files: None,
+                disk_mb: None,
+            },
+            env: Default::default(),
+            slot: 1,
+            launched: None,
+            warnings: vec![],
+            network: Default::default(),
+            sleep_after_seconds: 0,
+            snapshot_on_expiry: false,
+            tenant: "default".into(),
+        };
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.put(&rec("a")).unwrap();
+            s.put(&rec("b")).unwrap();
+            s.put_dialect_meta("a", "e2b", "{\"x\":1}").unwrap();
+            s.put_dialect_meta("a", "e2b", "{\"x\":2}").unwrap();
+            s.put_dialect_meta("b", "e2b", "b").unwrap();
+            // A row whose sandbox is gone is dropped when the store is opened.
+            s.put_dialect_meta("gone", "e2b", "g").unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            s.dialect_meta("a", "e2b").unwrap().as_deref(),
+            Some("{\"x\":2}")
+        );
+        assert_eq!(s.dialect_meta("a", "other").unwrap(), None);
+        assert_eq!(s.dialect_meta("gone", "e2b").unwrap(), None);
+        s.delete("a").unwrap();
+        assert_eq!(s.dialect_meta("a", "e2b").unwrap(), None);
+        s.put_new(&rec("b")).unwrap();
+        assert_eq!(s.dialect_meta("b", "e2b").unwrap(), None);
     }
 
     #[test]

@@ -33,8 +33,7 @@ fn state_of(s: &Sandbox) -> &'static str {
 }
 
 /// The create and connect answer (E2B's `Sandbox`).
-fn created(s: &Sandbox, key: Option<&str>) -> Value {
-    let meta = meta_of(&s.id);
+fn created(s: &Sandbox, meta: &Meta, key: Option<&str>) -> Value {
     let mut v = json!({
         "sandboxID": s.id,
         "templateID": meta.template_id,
@@ -50,8 +49,7 @@ fn created(s: &Sandbox, key: Option<&str>) -> Value {
 }
 
 /// E2B's `SandboxDetail` / `ListedSandbox`.
-fn detail(s: &Sandbox, key: Option<&str>) -> Value {
-    let meta = meta_of(&s.id);
+fn detail(s: &Sandbox, meta: &Meta, key: Option<&str>) -> Value {
     let mut v = json!({
         "sandboxID": s.id,
         "templateID": meta.template_id,
@@ -132,15 +130,21 @@ pub async fn create(
         })
         .await
         .map_err(E2bError::from)?;
-    set_meta(
-        &sandbox.id,
-        Meta {
-            template_id: template,
-            metadata,
-        },
-    );
+    let meta = Meta {
+        template_id: template,
+        metadata,
+    };
+    if let Err(e) = set_meta(&s.manager, &sandbox.id, &meta) {
+        // Not half made: without its metadata the sandbox would not be the one asked for.
+        let _ = s.manager.delete(&sandbox.id).await;
+        return Err(E2bError::from(e));
+    }
     let key = request_key(&s, &headers);
-    Ok((StatusCode::CREATED, Json(created(&sandbox, key.as_deref()))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(created(&sandbox, &meta, key.as_deref())),
+    )
+        .into_response())
 }
 
 /// `GET /sandboxes/{id}`: E2B's `SandboxDetail`.
@@ -150,11 +154,16 @@ pub async fn info(
     headers: HeaderMap,
 ) -> Result<Json<Value>, E2bError> {
     let sandbox = s.manager.get(&id).map_err(|e| core_error(&id, e))?;
-    Ok(Json(detail(&sandbox, request_key(&s, &headers).as_deref())))
+    let meta = meta_of(&s.manager, &sandbox.id);
+    Ok(Json(detail(
+        &sandbox,
+        &meta,
+        request_key(&s, &headers).as_deref(),
+    )))
 }
 
 /// The caller's sandboxes that pass the list filters (`state`, `metadata`), oldest first.
-fn filtered(s: &AppState, q: &Params) -> Result<Vec<Sandbox>, E2bError> {
+fn filtered(s: &AppState, q: &Params) -> Result<Vec<(Sandbox, Meta)>, E2bError> {
     let states: Option<Vec<String>> = q.non_empty("state").map(|v| {
         v.split(',')
             .map(|s| s.trim().to_string())
@@ -179,7 +188,7 @@ fn filtered(s: &AppState, q: &Params) -> Result<Vec<Sandbox>, E2bError> {
                 .collect()
         })
         .unwrap_or_default();
-    let mut all: Vec<Sandbox> = s
+    let mut all: Vec<(Sandbox, Meta)> = s
         .manager
         .list()
         .into_iter()
@@ -188,12 +197,13 @@ fn filtered(s: &AppState, q: &Params) -> Result<Vec<Sandbox>, E2bError> {
                 .as_ref()
                 .is_none_or(|st| st.iter().any(|x| x == state_of(sb)))
         })
-        .filter(|sb| {
-            let meta = meta_of(&sb.id).metadata;
-            wanted.iter().all(|(k, v)| meta.get(k) == Some(v))
+        .map(|sb| {
+            let meta = meta_of(&s.manager, &sb.id);
+            (sb, meta)
         })
+        .filter(|(_, meta)| wanted.iter().all(|(k, v)| meta.metadata.get(k) == Some(v)))
         .collect();
-    all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    all.sort_by(|(a, _), (b, _)| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
     if q.get("order").as_deref() == Some("desc") {
         all.reverse();
     }
@@ -209,7 +219,9 @@ pub async fn list_v1(
     let key = request_key(&s, &headers);
     let all = filtered(&s, &q)?;
     Ok(Json(Value::Array(
-        all.iter().map(|sb| detail(sb, key.as_deref())).collect(),
+        all.iter()
+            .map(|(sb, meta)| detail(sb, meta, key.as_deref()))
+            .collect(),
     )))
 }
 
@@ -240,7 +252,7 @@ pub async fn list_v2(
         .iter()
         .skip(start)
         .take(limit)
-        .map(|sb| detail(sb, key.as_deref()))
+        .map(|(sb, meta)| detail(sb, meta, key.as_deref()))
         .collect();
     let next = start.saturating_add(limit);
     let mut resp = Json(Value::Array(page)).into_response();
@@ -261,7 +273,6 @@ pub async fn kill(
         .delete(&id)
         .await
         .map_err(|e| core_error(&id, e))?;
-    super::forget_meta(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -334,7 +345,15 @@ pub async fn connect(
         StatusCode::OK
     };
     let key = request_key(&s, &headers);
-    Ok((status, Json(created(&sandbox, key.as_deref()))).into_response())
+    Ok((
+        status,
+        Json(created(
+            &sandbox,
+            &meta_of(&s.manager, &sandbox.id),
+            key.as_deref(),
+        )),
+    )
+        .into_response())
 }
 
 /// `POST /sandboxes/{id}/pause`: sandpit's sleep (the sandbox's files are kept, its
@@ -367,7 +386,15 @@ pub async fn resume(
         sandbox = extend(&s, &id, t)?;
     }
     let key = request_key(&s, &headers);
-    Ok((StatusCode::CREATED, Json(created(&sandbox, key.as_deref()))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(created(
+            &sandbox,
+            &meta_of(&s.manager, &sandbox.id),
+            key.as_deref(),
+        )),
+    )
+        .into_response())
 }
 
 /// `GET /sandboxes/{id}/metrics`: sandpit keeps no metric history, so the list is empty.

@@ -13,24 +13,24 @@
 //! They carry no API key: the create answer hands the caller's key back as the sandbox's
 //! `envdAccessToken` and `trafficAccessToken`, which the SDK then sends as `X-Access-Token`
 //! and `E2B-Traffic-Access-Token`; either header authorizes like `X-API-KEY`.
-//! What E2B keeps beside the sandbox (template name, metadata) lives in this process's
-//! memory ([`Meta`]): after a server restart sandboxes list as template `base` without
-//! metadata.
+//! What E2B keeps beside the sandbox (template name, metadata) is stored with the sandbox
+//! ([`Meta`], the store's per-sandbox dialect metadata): it survives a restart and goes
+//! when the sandbox is deleted, by any route.
 
 pub mod connect;
 pub mod control;
 pub mod envd;
 pub mod interpreter;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{LazyLock, Mutex};
+use std::collections::BTreeMap;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use sandpit_core::tenant::Caller;
-use sandpit_core::CoreError;
+use sandpit_core::{CoreError, SandboxManager};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AuthFailure, CompatError, Dialect};
@@ -199,36 +199,41 @@ pub(crate) fn sandbox_of(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// What E2B keeps about a sandbox that sandpit's model has no field for.
-#[derive(Debug, Clone, Default)]
+/// What E2B keeps about a sandbox that sandpit's model has no field for, stored with the
+/// sandbox (the store's `dialect_meta`, as JSON) and deleted with it by any route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
     pub template_id: String,
     pub metadata: BTreeMap<String, String>,
 }
 
-static META: LazyLock<Mutex<HashMap<String, Meta>>> = LazyLock::new(Default::default);
-
-pub(crate) fn meta_of(id: &str) -> Meta {
-    META.lock()
-        .map(|m| m.get(id).cloned())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Meta {
+impl Default for Meta {
+    fn default() -> Self {
+        Self {
             template_id: "base".into(),
             metadata: BTreeMap::new(),
-        })
-}
-
-pub(crate) fn set_meta(id: &str, meta: Meta) {
-    if let Ok(mut m) = META.lock() {
-        m.insert(id.to_string(), meta);
+        }
     }
 }
 
-pub(crate) fn forget_meta(id: &str) {
-    if let Ok(mut m) = META.lock() {
-        m.remove(id);
+/// The dialect's name in the store.
+const META_DIALECT: &str = "e2b";
+
+/// The sandbox's template and metadata (`base` and none when nothing was recorded).
+pub(crate) fn meta_of(manager: &SandboxManager, id: &str) -> Meta {
+    match manager.dialect_meta(id, META_DIALECT) {
+        Ok(Some(data)) => serde_json::from_str(&data).unwrap_or_default(),
+        Ok(None) | Err(_) => Meta::default(),
     }
+}
+
+/// Records the sandbox's template and metadata (nothing is written for the defaults).
+pub(crate) fn set_meta(manager: &SandboxManager, id: &str, meta: &Meta) -> Result<(), CoreError> {
+    if *meta == Meta::default() {
+        return Ok(());
+    }
+    let data = serde_json::to_string(meta).map_err(|e| CoreError::Internal(e.to_string()))?;
+    manager.set_dialect_meta(id, META_DIALECT, &data)
 }
 
 /// The error of E2B's REST APIs (control plane and envd's `/files`): `{"code": <status>,
@@ -317,17 +322,13 @@ mod tests {
     }
 
     #[test]
-    fn meta_defaults_to_base() {
-        assert_eq!(meta_of("never-made").template_id, "base");
-        set_meta(
-            "m1",
-            Meta {
-                template_id: "t".into(),
-                metadata: BTreeMap::from([("a".into(), "b".into())]),
-            },
-        );
-        assert_eq!(meta_of("m1").template_id, "t");
-        forget_meta("m1");
-        assert_eq!(meta_of("m1").template_id, "base");
+    fn meta_round_trips_as_json_and_defaults_to_base() {
+        assert_eq!(Meta::default().template_id, "base");
+        let m = Meta {
+            template_id: "t".into(),
+            metadata: BTreeMap::from([("a".into(), "b".into())]),
+        };
+        let back: Meta = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
     }
 }
