@@ -248,6 +248,23 @@ test('background processes: start, list, get, logs, stream, kill, kill-all', asy
 
 });
 
+test('a background process started with timeoutMs is killed once it passes', async () => {
+  const c = server.client(uniqueId('cf-ptimeout'));
+  await c.processes.startProcess('sleep 30', undefined, { processId: 'bounded', timeoutMs: 500 });
+  await c.processes.startProcess('sleep 30', undefined, { processId: 'unbounded' });
+  // The log stream ends with the exit of the killed process (SIGKILL: 128 + 9).
+  const evs = await collect(parseSSEStream, await c.processes.streamProcessLogs('bounded'));
+  assert.equal(evs.at(-1).type, 'exit', JSON.stringify(evs));
+  assert.equal(evs.at(-1).exitCode, 137);
+  const info = await c.processes.getProcess('bounded');
+  assert.equal(info.process.status, 'killed');
+  // No sleep of it is left; the one without a timeout still runs.
+  const ps = await c.commands.execute('ps -eo args', undefined);
+  assert.equal(ps.stdout.split('\n').filter((l) => l.trim() === 'sleep 30').length, 1, ps.stdout);
+  assert.equal((await c.processes.getProcess('unbounded')).process.status, 'running');
+  await c.processes.killProcess('unbounded');
+});
+
 test('code contexts keep state across runs and report errors', async () => {
   const c = server.client(uniqueId('cf-code'));
   const ctx = await c.interpreter.createCodeContext({ language: 'python' });

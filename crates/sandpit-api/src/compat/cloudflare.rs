@@ -898,9 +898,35 @@ async fn start(s: &AppState, id: &str, body: &Value) -> Answer {
         .start_process(id, req)
         .await
         .map_err(|e| core_error(Domain::Process, pid.as_deref().unwrap_or_default(), e))?;
+    // The SDK's `timeout` ("maximum execution time"): the process is killed once it passes.
+    if let Some(ms) = millis(body, "timeoutMs").filter(|ms| *ms > 0) {
+        kill_after(&s.manager, id, &p, Duration::from_millis(ms));
+    }
     Ok(ok(
         json!({"processId": p.id, "pid": p.pid, "command": command}),
     ))
+}
+
+/// SIGKILL to process `p` (and its children) after `after`, if it is still that process and
+/// still running; it then reads as `killed` (exit code 137).
+fn kill_after(
+    manager: &std::sync::Arc<SandboxManager>,
+    id: &str,
+    p: &sandpit_core::model::Process,
+    after: Duration,
+) {
+    let (manager, id, proc_id, pid) = (manager.clone(), id.to_string(), p.id.clone(), p.pid);
+    tokio::spawn(sandpit_core::tenant::inherit(async move {
+        tokio::time::sleep(after).await;
+        match manager.get_process(&id, &proc_id).await {
+            Ok(now) if now.pid == pid && now.status == "running" => {
+                if let Err(e) = manager.signal_process(&id, &proc_id, 9).await {
+                    tracing::debug!(sandbox = %id, process = %proc_id, error = %e, "timeout kill failed");
+                }
+            }
+            _ => {}
+        }
+    }));
 }
 
 async fn list_processes(State(s): State<AppState>, Path(id): Path<String>) -> Answer {
