@@ -664,3 +664,115 @@ fn bad_storage_settings_stop_the_server_with_a_clear_error() {
         assert!(output.contains(expected), "{storage}: {output}");
     }
 }
+
+/// The local object of a snapshot.
+fn object_of(server: &Server, snap: &Value) -> PathBuf {
+    let sid = snap["id"].as_str().expect("id");
+    files_under(&server.data_dir().join("snapshots"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(&format!("{sid}.tar.zst")))
+        .unwrap_or_else(|| panic!("no object for {sid}"))
+}
+
+/// Scratch directories a restore left in `/` or `/workspace`.
+fn restore_leftovers(server: &Server, id: &str) -> String {
+    server.run_ok(id, "ls -a / /workspace | grep '^.sandpit-' || true")
+}
+
+#[test]
+fn a_failed_restore_keeps_the_files_as_they_were() {
+    let server = Server::start();
+    let id = unique("atomic");
+    server.create(&json!({ "id": id }));
+    populate(&server, &id);
+    let snap = snapshot(&server, &id, &json!({}));
+    scramble(&server, &id);
+    let before = manifest(&server, &id);
+    let object = object_of(&server, &snap);
+    let good = std::fs::read(&object).expect("object");
+    let restore_fails = |what: &str| {
+        server
+            .request_json(
+                Method::POST,
+                &format!("/v1/sandboxes/{id}/restore"),
+                &json!({ "snapshot": snap["id"] }),
+            )
+            .expect_error(502, "storage_error");
+        assert_eq!(manifest(&server, &id), before, "{what} changed the files");
+        assert_eq!(
+            server.run_ok(&id, "cat /workspace/new.txt"),
+            "intruder\n",
+            "{what}"
+        );
+        assert_eq!(restore_leftovers(&server, &id), "", "{what}");
+    };
+    // Cut off half-way, damaged in the middle, not an archive at all, gone.
+    std::fs::write(&object, &good[..good.len() / 2]).expect("truncate");
+    restore_fails("a truncated object");
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    std::fs::write(&object, &flipped).expect("corrupt");
+    restore_fails("a corrupt object");
+    std::fs::write(&object, b"garbage").expect("garbage");
+    restore_fails("a garbage object");
+    std::fs::remove_file(&object).expect("remove");
+    restore_fails("a missing object");
+
+    // A create restoring from a broken snapshot leaves no sandbox behind.
+    std::fs::write(&object, &good[..good.len() / 2]).expect("truncate");
+    let ghost = unique("ghost");
+    server
+        .request_json(
+            Method::POST,
+            "/v1/sandboxes",
+            &json!({ "id": ghost, "restore": snap["id"] }),
+        )
+        .expect_error(502, "storage_error");
+    assert!(!server.list_ids().contains(&ghost));
+    assert!(
+        !server.data_dir().join("sandboxes").join(&ghost).exists(),
+        "the failed create left its directory"
+    );
+
+    // Whole again, the same snapshot restores and replaces the files.
+    std::fs::write(&object, &good).expect("restore object");
+    restore(&server, &id, &json!({ "snapshot": snap["id"] }));
+    assert_ne!(manifest(&server, &id), before);
+    assert_ne!(server.exec(&id, "ls /workspace/new.txt").exit_code, 0);
+    assert_eq!(server.run_ok(&id, "/workspace/tool.sh"), "run\n");
+    assert_eq!(restore_leftovers(&server, &id), "");
+}
+
+#[test]
+fn a_restore_that_does_not_fit_the_disk_fails_cleanly() {
+    let server = Server::start();
+    let id = server.create(&json!({ "limits": { "disk_mb": 64 } }))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    server.run_ok(&id, "head -c 40000000 /dev/urandom > /workspace/a");
+    let snap = snapshot(&server, &id, &json!({ "path": "/workspace" }));
+    let a = server.run_ok(&id, "sha256sum < /workspace/a");
+    server.run_ok(
+        &id,
+        "rm /workspace/a && head -c 35000000 /dev/urandom > /workspace/b",
+    );
+    let b = server.run_ok(&id, "sha256sum < /workspace/b");
+    // The staged copy and the files now do not fit together: 507, and nothing changed.
+    server
+        .request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/restore"),
+            &json!({ "snapshot": snap["id"] }),
+        )
+        .expect_error(507, "no_space");
+    assert_eq!(server.run_ok(&id, "ls /workspace"), "b\n");
+    assert_eq!(server.run_ok(&id, "sha256sum < /workspace/b"), b);
+    assert_eq!(restore_leftovers(&server, &id), "");
+    // With room for it, it goes through.
+    server.run_ok(&id, "rm /workspace/b");
+    restore(&server, &id, &json!({ "snapshot": snap["id"] }));
+    assert_eq!(server.run_ok(&id, "ls /workspace"), "a\n");
+    assert_eq!(server.run_ok(&id, "sha256sum < /workspace/a"), a);
+}

@@ -5,9 +5,15 @@
 //! What an archive of `/` holds is everything the sandbox wrote: its root directory minus
 //! the mount points the jail puts there (the host's system directories, `/proc`, `/dev`,
 //! the agent binary) and the agent's own state in `/run/sandpit`.
+//!
+//! A clean unpack (a restore) is atomic: the archive is unpacked into a staging directory
+//! inside the target (same filesystem, so it counts against the sandbox's disk), and only
+//! once the whole archive arrived and unpacked is the old content renamed away, the staged
+//! content renamed in and the old removed. Any failure removes the staging directory and
+//! leaves the target exactly as it was.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -37,6 +43,17 @@ const SKIP: &[&str] = &[
 
 /// Chunks in flight between the blocking tar/zstd side and the socket.
 const IN_FLIGHT: usize = 4;
+
+/// Name prefix of a restore's staging directory (inside the target directory).
+const STAGING_PREFIX: &str = ".sandpit-restore-";
+/// Name prefix of the directory the old content is renamed into during a restore's swap.
+const OLD_PREFIX: &str = ".sandpit-old-";
+
+/// A restore's own scratch directories: never archived, moved or unpacked into.
+fn is_scratch(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with(STAGING_PREFIX) || name.starts_with(OLD_PREFIX)
+}
 
 fn skipped(abs: &Path) -> bool {
     SKIP.iter().any(|s| abs.starts_with(s))
@@ -178,7 +195,9 @@ fn build(
         tx,
         buf: Vec::with_capacity(CHUNK),
     };
-    let encoder = zstd::Encoder::new(out, 3)?;
+    let mut encoder = zstd::Encoder::new(out, 3)?;
+    // A damaged object is then caught on restore even where it still decompresses.
+    encoder.include_checksum(true)?;
     let mut tar = tar::Builder::new(encoder);
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Complete);
@@ -206,7 +225,11 @@ fn walk<W: Write>(
     for name in names {
         let rel = rel.join(&name);
         let abs = root.join(&rel);
-        if skipped(&abs) || excludes.is_match(&rel) || excludes.is_match(Path::new(&name)) {
+        if skipped(&abs)
+            || is_scratch(&name)
+            || excludes.is_match(&rel)
+            || excludes.is_match(Path::new(&name))
+        {
             continue;
         }
         let meta = match abs.symlink_metadata() {
@@ -237,51 +260,69 @@ fn walk<W: Write>(
 }
 
 /// Receives an archive into `dir`: data frames until the end frame, then `Ok` or `Error`.
-/// On failure the rest of the data is still read, so the connection stays usable.
+/// On failure the rest of the data is still read, so the connection stays usable. With
+/// `clean` the archive replaces what is in `dir`, atomically (see the module comment).
 pub async fn receive<R, W>(dir: &str, clean: bool, rd: &mut R, wr: &mut W) -> Result<(), ProtoError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
-    let task = match checked_dir(dir) {
-        Ok(target) => Some(tokio::task::spawn_blocking(move || {
-            unpack(
-                &target,
-                clean,
-                ChunkReader {
-                    rx,
-                    cur: Vec::new(),
-                    pos: 0,
-                },
-            )
-        })),
+    let target = match checked_dir(dir) {
+        Ok(target) => target,
         Err(e) => {
             drop(rx);
             drain(rd).await?;
             return write_json(wr, &Reply::Error(e)).await;
         }
     };
-    loop {
-        match read_frame(rd).await? {
-            // The unpacker may have stopped early on a bad archive; keep reading anyway.
-            Frame::Data(Channel::Input, data) => {
-                let _ = tx.send(data).await;
-            }
-            Frame::End(Channel::Input) => break,
-            other => {
-                return Err(ProtoError::Malformed(format!(
-                    "unexpected frame in archive: {other:?}"
-                )))
+    let into = target.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let input = ChunkReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        if clean {
+            unpack_staged(&into, input).map(Some)
+        } else {
+            unpack(&into, input).map(|()| None)
+        }
+    });
+    let read = async {
+        loop {
+            match read_frame(rd).await? {
+                // The unpacker may have stopped early on a bad archive; keep reading anyway.
+                Frame::Data(Channel::Input, data) => {
+                    let _ = tx.send(data).await;
+                }
+                Frame::End(Channel::Input) => return Ok(()),
+                other => {
+                    return Err(ProtoError::Malformed(format!(
+                        "unexpected frame in archive: {other:?}"
+                    )))
+                }
             }
         }
     }
+    .await;
     drop(tx);
-    let result = match task {
-        Some(t) => t
+    let unpacked = task
+        .await
+        .unwrap_or_else(|e| Err(bad(ErrorCode::Internal, e.to_string())));
+    if let Err(e) = read {
+        // The sender hung up mid-archive: what arrived is not the whole archive.
+        if let Ok(Some(staging)) = unpacked {
+            let _ = tokio::task::spawn_blocking(move || discard(&staging)).await;
+        }
+        return Err(e);
+    }
+    let result = match unpacked {
+        Ok(Some(staging)) => tokio::task::spawn_blocking(move || swap_in(&target, &staging))
             .await
             .unwrap_or_else(|e| Err(bad(ErrorCode::Internal, e.to_string()))),
-        None => Ok(()),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
     };
     write_json(wr, &result.map_or_else(Reply::Error, |()| Reply::Ok)).await
 }
@@ -325,14 +366,70 @@ impl Read for ChunkReader {
     }
 }
 
-fn unpack(dir: &Path, clean: bool, input: impl Read) -> Result<(), AgentError> {
+/// Unpacks over what is in `dir`.
+fn unpack(dir: &Path, input: impl Read) -> Result<(), AgentError> {
+    let shown = dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::from_io(&e, &shown))?;
+    unpack_entries(dir, dir, input)
+}
+
+/// Unpacks into a new staging directory inside `dir`; the staging directory once the whole
+/// archive unpacked (and decompressed to its end), else nothing is left of it.
+fn unpack_staged(dir: &Path, input: impl Read) -> Result<PathBuf, AgentError> {
     let shown = dir.display().to_string();
     let io = |e: std::io::Error| AgentError::from_io(&e, &shown);
     std::fs::create_dir_all(dir).map_err(io)?;
-    if clean {
-        let dev = std::fs::metadata(dir).map_err(io)?.dev();
-        empty(dir, dev).map_err(io)?;
+    remove_scratch(dir);
+    let staging = dir.join(format!("{STAGING_PREFIX}{}", scratch_suffix()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(io)?;
+    match unpack_entries(&staging, dir, input) {
+        Ok(()) => Ok(staging),
+        Err(e) => {
+            discard(&staging);
+            Err(e)
+        }
     }
+}
+
+/// A name part no other restore uses now.
+fn scratch_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("{}-{n}-{nanos}", std::process::id())
+}
+
+/// Removes the scratch directories a restore cut off by a crash left in `dir`.
+fn remove_scratch(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for entry in rd.flatten() {
+            if is_scratch(&entry.file_name()) {
+                discard(&entry.path());
+            }
+        }
+    }
+}
+
+fn discard(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("sandpit-agent: removing {}: {e}", path.display());
+        }
+    }
+}
+
+/// Unpacks the archive's entries into `into`; `dir` is where they end up (which paths are
+/// skipped is decided there). The archive is read to its end, so a cut-off or damaged one
+/// fails here even when its tar part looks complete.
+fn unpack_entries(into: &Path, dir: &Path, input: impl Read) -> Result<(), AgentError> {
+    let shown = dir.display().to_string();
+    let io = |e: std::io::Error| AgentError::from_io(&e, &shown);
     let decoder = zstd::Decoder::new(input).map_err(io)?;
     let mut archive = tar::Archive::new(decoder);
     archive.set_preserve_permissions(true);
@@ -354,11 +451,11 @@ fn unpack(dir: &Path, clean: bool, input: impl Read) -> Result<(), AgentError> {
                 format!("invalid archive: entry '{shown_entry}' is absolute or contains '..'"),
             ));
         }
-        if skipped(&dir.join(&path)) {
+        if skipped(&dir.join(&path)) || path.iter().next().is_some_and(is_scratch) {
             continue;
         }
-        // `unpack_in` refuses to write through a symlink that leads out of `dir`.
-        match entry.unpack_in(dir) {
+        // `unpack_in` refuses to write through a symlink that leads out of `into`.
+        match entry.unpack_in(into) {
             Ok(true) => {}
             Ok(false) => {
                 return Err(bad(
@@ -377,6 +474,94 @@ fn unpack(dir: &Path, clean: bool, input: impl Read) -> Result<(), AgentError> {
             }
         }
     }
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(invalid)?;
+    Ok(())
+}
+
+/// Replaces the content of `dir` with that of `staging` (inside it): the old entries are
+/// renamed into a scratch directory, the staged ones renamed in, the old removed. Renames
+/// within one filesystem need no space; should one fail all are undone.
+fn swap_in(dir: &Path, staging: &Path) -> Result<(), AgentError> {
+    let shown = dir.display().to_string();
+    let io = |e: std::io::Error| AgentError::from_io(&e, &shown);
+    let result = (|| {
+        let dev = std::fs::metadata(dir)?.dev();
+        let old = dir.join(format!("{OLD_PREFIX}{}", scratch_suffix()));
+        std::fs::DirBuilder::new().mode(0o700).create(&old)?;
+        let mut moved = Vec::new();
+        let mut placed = Vec::new();
+        let swapped =
+            move_away(dir, dev, &old, &mut moved).and_then(|()| move_in(staging, dir, &mut placed));
+        if let Err(e) = swapped {
+            for p in placed.iter().rev() {
+                let _ = std::fs::rename(p, staging.join(format!("undo-{}", scratch_suffix())));
+            }
+            for (from, to) in moved.iter().rev() {
+                let _ = std::fs::rename(to, from);
+            }
+            discard(&old);
+            return Err(e);
+        }
+        discard(&old);
+        Ok(())
+    })();
+    discard(staging);
+    result.map_err(io)
+}
+
+/// Renames everything in `dir` but mount points, agent state and scratch directories into
+/// `old`, noting each (from, to).
+fn move_away(
+    dir: &Path,
+    dev: u64,
+    old: &Path,
+    moved: &mut Vec<(PathBuf, PathBuf)>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if skipped(&path) || is_scratch(&entry.file_name()) {
+            continue;
+        }
+        let meta = path.symlink_metadata()?;
+        if meta.is_dir()
+            && (SKIP.iter().any(|s| Path::new(s).starts_with(&path)) || meta.dev() != dev)
+        {
+            // Holds something kept (like `/run` holds `/run/sandpit`), or is a mount.
+            if meta.dev() == dev {
+                move_away(&path, dev, old, moved)?;
+            }
+            continue;
+        }
+        let to = old.join(moved.len().to_string());
+        std::fs::rename(&path, &to)?;
+        moved.push((path, to));
+    }
+    Ok(())
+}
+
+/// Renames the entries of `src` into `dst`; a directory that is still there (one that holds
+/// something kept) is merged into.
+fn move_in(src: &Path, dst: &Path, placed: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let to = dst.join(entry.file_name());
+        if skipped(&to) {
+            continue;
+        }
+        match to.symlink_metadata() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::rename(entry.path(), &to)?;
+                placed.push(to);
+            }
+            Ok(m) if m.is_dir() && entry.file_type()?.is_dir() => {
+                move_in(&entry.path(), &to, placed)?;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -392,30 +577,6 @@ fn os_cause(e: &std::io::Error) -> Option<std::io::Error> {
         cause = c.source();
     }
     None
-}
-
-/// Removes everything in `dir` except mount points and agent state.
-fn empty(dir: &Path, dev: u64) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if skipped(&path) {
-            continue;
-        }
-        let meta = path.symlink_metadata()?;
-        if meta.is_dir() {
-            if SKIP.iter().any(|s| Path::new(s).starts_with(&path)) || meta.dev() != dev {
-                // Holds something kept (like `/run` holds `/run/sandpit`), or is a mount.
-                if meta.dev() == dev {
-                    empty(&path, dev)?;
-                }
-                continue;
-            }
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -496,7 +657,7 @@ mod tests {
             ]),
         ];
         for (n, archive) in cases.iter().enumerate() {
-            let r = unpack(&dst, true, &archive[..]);
+            let r = restore(&dst, &archive[..]);
             assert!(
                 r.as_ref().is_err_and(|e| e.code == ErrorCode::BadRequest),
                 "case {n}: {r:?}"
@@ -506,9 +667,54 @@ mod tests {
         }
         // A well-formed archive unpacks, and `clean` removes what was there before.
         std::fs::write(dst.join("old"), b"x").unwrap();
-        unpack(&dst, true, &hostile(&[("a/b", file, "")])[..]).unwrap();
+        restore(&dst, &hostile(&[("a/b", file, "")])[..]).unwrap();
         assert_eq!(std::fs::read(dst.join("a/b")).unwrap(), b"pwned");
         assert!(!dst.join("old").exists());
+        assert_eq!(entries(&dst), ["a"]);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// What a restore does: unpack staged, then swap in.
+    fn restore(dst: &Path, archive: &[u8]) -> Result<(), AgentError> {
+        let staging = unpack_staged(dst, archive)?;
+        swap_in(dst, &staging)
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_failed_restore_leaves_the_target_as_it_was() {
+        let base = scratch("atomic");
+        let dst = base.join("dst");
+        std::fs::create_dir_all(dst.join("keep/deep")).unwrap();
+        std::fs::write(dst.join("keep/deep/f"), b"old").unwrap();
+        std::fs::write(dst.join("top"), b"old").unwrap();
+        let file = tar::EntryType::Regular;
+        // Compressed as `build` does, with a checksum.
+        let tar = zstd::decode_all(&hostile(&[("new", file, ""), ("x/y", file, "")])[..]).unwrap();
+        let mut enc = zstd::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        enc.write_all(&tar).unwrap();
+        let good = enc.finish().unwrap();
+        let cut = &good[..good.len() / 2];
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0xff;
+        for (n, archive) in [cut, &flipped[..], b"not an archive"].iter().enumerate() {
+            let r = restore(&dst, archive);
+            assert!(r.is_err(), "case {n}: {r:?}");
+            assert_eq!(entries(&dst), ["keep", "top"], "case {n}");
+            assert_eq!(std::fs::read(dst.join("keep/deep/f")).unwrap(), b"old");
+        }
+        restore(&dst, &good).unwrap();
+        assert_eq!(entries(&dst), ["new", "x"]);
         std::fs::remove_dir_all(&base).unwrap();
     }
 

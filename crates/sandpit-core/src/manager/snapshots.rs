@@ -302,7 +302,8 @@ impl SandboxManager {
         }
     }
 
-    /// Replaces the files under the snapshot's path in a sandbox with the snapshot's.
+    /// Replaces the files under the snapshot's path in a sandbox with the snapshot's, all at
+    /// once: a restore that fails leaves them as they were.
     pub async fn restore(&self, id: &str, req: RestoreRequest) -> Result<Snapshot, CoreError> {
         self.handle(id)?;
         let rec = self.resolve_snapshot(id, &req)?;
@@ -318,7 +319,21 @@ impl SandboxManager {
         let h = self.ready(id).await?;
         let _busy = BusyGuard::new(&h.busy);
         let body = self.storage()?.download(&rec.object_key).await?;
-        h.agent.extract(&rec.path, true, body).await?;
+        // The agent swaps the files in only once the whole archive unpacked: on any error
+        // the sandbox keeps its files as they were.
+        h.agent
+            .extract(&rec.path, true, body)
+            .await
+            .map_err(|e| match e {
+                // The archive came from storage, not from the client: a damaged object.
+                CoreError::Agent(a) if a.code == sandpit_proto::ErrorCode::BadRequest => {
+                    CoreError::Storage(format!(
+                        "snapshot '{}' could not be restored: {}",
+                        rec.id, a.message
+                    ))
+                }
+                e => e,
+            })?;
         tracing::info!(sandbox = %id, snapshot = %rec.id, "restored");
         Ok(())
     }
