@@ -776,3 +776,77 @@ fn a_restore_that_does_not_fit_the_disk_fails_cleanly() {
     assert_eq!(server.run_ok(&id, "ls /workspace"), "a\n");
     assert_eq!(server.run_ok(&id, "sha256sum < /workspace/a"), a);
 }
+
+impl Moto {
+    /// Starts a multipart upload of `key` and leaves it incomplete.
+    fn initiate(&self, bucket: &str, key: &str) {
+        let r = reqwest::blocking::Client::new()
+            .post(self.url(&format!("/{bucket}/{key}?uploads")))
+            .send()
+            .expect("create multipart upload");
+        assert!(r.status().is_success(), "create upload: {}", r.status());
+    }
+
+    /// Keys of the bucket's incomplete multipart uploads.
+    fn uploads(&self, bucket: &str) -> Vec<String> {
+        let body = reqwest::blocking::Client::new()
+            .get(self.url(&format!("/{bucket}?uploads")))
+            .send()
+            .and_then(|r| r.text())
+            .expect("list uploads");
+        let mut keys: Vec<String> = body
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(String::from)
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+#[test]
+fn s3_multipart_uploads_left_behind_are_aborted() {
+    let moto = Moto::start();
+    moto.create_bucket("sandpit-mp");
+    // What a crash mid-snapshot leaves: an incomplete upload under sandpit's prefix. One
+    // beside the prefix is someone else's.
+    moto.initiate("sandpit-mp", "team/b/sb-1/snap-crashed.tar.zst");
+    moto.initiate("sandpit-mp", "other/upload.bin");
+    assert_eq!(moto.uploads("sandpit-mp").len(), 2);
+    let conf = tempfile::tempdir().expect("tempdir");
+    let path = conf.path().join("sandpit.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[storage]\nurl = \"s3://sandpit-mp/team/b\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+             access_key_id = \"testing\"\nsecret_access_key = \"testing\"\nallow_http = true\n",
+            moto.url("")
+        ),
+    )
+    .expect("config");
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--config".into(), path.to_string_lossy().into_owned()],
+        ..Default::default()
+    });
+    // The start-up sweep ran before serving (moto dates every upload back to 2010).
+    assert_eq!(moto.uploads("sandpit-mp"), ["other/upload.bin"]);
+
+    // A snapshot request cancelled mid-upload aborts its upload.
+    let id = server.new_sandbox();
+    server.run_ok(&id, "head -c 60000000 /dev/urandom > /workspace/big");
+    let cut = server
+        .req(Method::POST, &format!("/v1/sandboxes/{id}/snapshots"))
+        .timeout(Duration::from_millis(300))
+        .json(&json!({ "path": "/workspace" }))
+        .send();
+    assert!(cut.is_err(), "the snapshot finished within 300 ms: {cut:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while moto.uploads("sandpit-mp").len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(moto.uploads("sandpit-mp"), ["other/upload.bin"]);
+    // Snapshots still work.
+    snapshot(&server, &id, &json!({ "path": "/workspace" }));
+    assert_eq!(moto.uploads("sandpit-mp"), ["other/upload.bin"]);
+}

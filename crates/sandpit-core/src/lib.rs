@@ -10,6 +10,7 @@ mod git;
 mod manager;
 pub mod model;
 mod network;
+mod s3_leftovers;
 pub mod snapshot;
 pub mod store;
 pub mod tenant;

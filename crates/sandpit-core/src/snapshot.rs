@@ -5,7 +5,9 @@
 //!
 //! Atomicity: each snapshot is written under a key of its own and recorded in the store
 //! only after the object is complete, so a crash mid-write never damages an existing
-//! snapshot, and the newest recorded one ("latest") is always whole.
+//! snapshot, and the newest recorded one ("latest") is always whole. An S3 multipart upload
+//! that fails or is cancelled is aborted; ones a crash left behind are aborted by the sweep
+//! at the next start (`s3_leftovers.rs`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, WriteMultipart};
@@ -45,6 +47,10 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploaded at once; with the part being filled, this bounds the memory per snapshot.
 const PARTS_IN_FLIGHT: usize = 2;
 
+/// Incomplete multipart uploads under the prefix older than this are aborted at start;
+/// younger ones may be another server's (sharing the prefix), still being written.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The object store snapshots live in.
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
@@ -54,6 +60,8 @@ pub struct ObjectStorage {
     local_dir: Option<PathBuf>,
     /// Keys being written now; the sweep leaves them alone.
     writing: Mutex<HashSet<String>>,
+    /// The S3 bucket, for what `object_store` does not do (listing multipart uploads).
+    s3: Option<crate::s3_leftovers::Bucket>,
     /// Shown in logs and errors.
     pub description: String,
 }
@@ -90,6 +98,7 @@ impl ObjectStorage {
             prefix: String::new(),
             local_dir: Some(dir.to_path_buf()),
             writing: Mutex::default(),
+            s3: None,
             description: dir.display().to_string(),
         })
     }
@@ -118,12 +127,27 @@ impl ObjectStorage {
         if let Some(s) = &cfg.secret_access_key {
             b = b.with_secret_access_key(s);
         }
-        let store = b
-            .build()
-            .map_err(|e| CoreError::BadRequest(format!("storage '{url}': {e}")))?;
+        let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        let region = b
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .unwrap_or_else(|| "us-east-1".into());
+        let store = Arc::new(
+            b.build()
+                .map_err(|e| CoreError::BadRequest(format!("storage '{url}': {e}")))?,
+        );
         let prefix = prefix.trim_matches('/');
+        let bucket_url = match endpoint {
+            Some(e) => format!("{}/{bucket}", e.trim_end_matches('/')),
+            None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+        };
+        let s3 = crate::s3_leftovers::Bucket {
+            store: store.clone(),
+            url: bucket_url,
+            region,
+            max_age: ABANDONED_AFTER,
+        };
         Ok(Self {
-            store: Arc::new(store),
+            store,
             prefix: if prefix.is_empty() {
                 String::new()
             } else {
@@ -131,6 +155,7 @@ impl ObjectStorage {
             },
             local_dir: None,
             writing: Mutex::default(),
+            s3: Some(s3),
             description: url.to_string(),
         })
     }
@@ -160,9 +185,13 @@ impl ObjectStorage {
             .put_multipart(&location)
             .await
             .map_err(storage_err)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        // Aborts the upload should this future be dropped mid-way (the request cancelled).
+        let mut guard = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)));
         let mut size = 0u64;
         loop {
+            let Some(writer) = guard.0.as_mut() else {
+                return Err(CoreError::Internal("upload already ended".into()));
+            };
             let next = match writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
                 Ok(()) => archive.next().await,
                 Err(e) => Err(storage_err(e)),
@@ -174,12 +203,20 @@ impl ObjectStorage {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = writer.abort().await;
+                    if let Some(writer) = guard.0.take() {
+                        if let Err(abort) = writer.abort().await {
+                            tracing::warn!(%key, error = %abort, "aborting a failed upload failed");
+                        }
+                    }
                     return Err(e);
                 }
             }
         }
-        writer.finish().await.map_err(storage_err)?;
+        // `finish` aborts the upload itself when it fails.
+        match guard.0.take() {
+            Some(writer) => writer.finish().await.map_err(storage_err)?,
+            None => return Err(CoreError::Internal("upload already ended".into())),
+        };
         Ok(size)
     }
 
@@ -204,8 +241,13 @@ impl ObjectStorage {
     }
 
     /// Removes what a crash left behind: objects no recorded snapshot names (written but
-    /// never recorded) and, for a local store, half-written upload files.
+    /// never recorded), for a local store half-written upload files, and for S3 incomplete
+    /// multipart uploads under the prefix older than five minutes.
     pub async fn sweep(&self, recorded: &HashSet<String>) {
+        if let Some(s3) = &self.s3 {
+            let writing = self.writing().clone();
+            s3.abort_abandoned(&self.prefix, &writing).await;
+        }
         if let Some(dir) = &self.local_dir {
             let dir = dir.clone();
             let recorded = recorded.clone();
@@ -235,6 +277,23 @@ impl ObjectStorage {
             {
                 tracing::info!(%key, "removing unrecorded snapshot object");
                 let _ = self.store.delete(&meta.location).await;
+            }
+        }
+    }
+}
+
+/// A multipart upload that is aborted if dropped before it ended.
+struct AbortOnDrop(Option<WriteMultipart>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = writer.abort().await {
+                        tracing::warn!(error = %e, "aborting a cancelled upload failed");
+                    }
+                });
             }
         }
     }
