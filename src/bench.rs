@@ -275,10 +275,13 @@ fn docker_image() -> Option<String> {
 /// The number of ready pooled sandboxes the server reports.
 fn pool_ready(c: &reqwest::blocking::Client, base: &str) -> Option<usize> {
     let text = c.get(format!("{base}/metrics")).send().ok()?.text().ok()?;
+    metric(&text, "sandpit_pool_ready").map(|v| v as usize)
+}
+
+/// The value of the sample `name` (labels included) in a Prometheus text page.
+fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix("sandpit_pool_ready "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as usize)
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn wait_pool(c: &reqwest::blocking::Client, base: &str, n: usize) {
@@ -366,14 +369,15 @@ fn warm(args: &WarmArgs) -> anyhow::Result<()> {
         }
     }
     let metrics = c.get(format!("{base}/metrics")).send()?.text()?;
-    let value = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-    };
     let server_ms = match (
-        value("sandpit_create_duration_seconds_sum{source=\"pool\"}"),
-        value("sandpit_create_duration_seconds_count{source=\"pool\"}"),
+        metric(
+            &metrics,
+            "sandpit_create_duration_seconds_sum{source=\"pool\"}",
+        ),
+        metric(
+            &metrics,
+            "sandpit_create_duration_seconds_count{source=\"pool\"}",
+        ),
     ) {
         (Some(sum), Some(n)) if n > 0.0 => Some(sum / n * 1e3),
         _ => None,

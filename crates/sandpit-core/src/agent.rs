@@ -90,11 +90,17 @@ impl AgentClient {
     }
 
     /// Ends the input stream of a request (an upload, an archive) and reads the agent's
-    /// verdict, `Ok` or its error; the connection goes back to the pool.
+    /// verdict.
     async fn end_input(&self, mut conn: UnixStream) -> Result<(), CoreError> {
         write_end(&mut conn, Channel::Input)
             .await
             .map_err(|e| self.broken(e))?;
+        self.verdict(conn).await
+    }
+
+    /// Reads the agent's answer to a request that ends in `Ok` or its error; the connection
+    /// goes back to the pool.
+    async fn verdict(&self, mut conn: UnixStream) -> Result<(), CoreError> {
         let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
         self.give_back(conn);
         match reply {
@@ -510,13 +516,7 @@ impl AgentClient {
         write_all_data(&mut conn, Channel::Input, data)
             .await
             .map_err(|e| self.broken(e))?;
-        let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
-        self.give_back(conn);
-        match reply {
-            Reply::Ok => Ok(()),
-            Reply::Error(e) => Err(CoreError::Agent(e)),
-            other => Err(unexpected(&self.id, Ok(other))),
-        }
+        self.verdict(conn).await
     }
 
     /// Starts a program on a terminal; the connection is the terminal's from then on.

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use nix::sched::{setns, CloneFlags};
 
@@ -19,7 +19,7 @@ struct Job {
 }
 
 /// The setter thread's queue, made with the thread.
-static SETTER: OnceLock<Mutex<Option<mpsc::Sender<Job>>>> = OnceLock::new();
+static SETTER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
 
 /// The UTS namespace of process `pid`, to give to [`set`].
 pub fn namespace_of(pid: i32) -> std::io::Result<File> {
@@ -35,10 +35,7 @@ pub async fn set(ns: File, name: &str) -> std::io::Result<()> {
         reply,
     };
     let sent = {
-        let mut slot = SETTER
-            .get_or_init(|| Mutex::new(None))
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut slot = SETTER.lock().unwrap_or_else(|p| p.into_inner());
         let tx = match slot.as_ref() {
             Some(tx) => tx.clone(),
             None => {

@@ -97,6 +97,24 @@ impl NativeRuntime {
             .unwrap_or_else(|| id.to_string())
     }
 
+    /// What `adopt` needs done ahead: records the cgroup name, which stays that of the pooled
+    /// id after the rename, and opens the sandbox's UTS namespace for the hostname.
+    fn prepared(&self, id: &str, launched: Launched) -> Result<std::fs::File, RuntimeError> {
+        let name = self.sandbox_dir(id).join(CGROUP_NAME_FILE);
+        std::fs::write(&name, self.cgroup_name(id)).map_err(|source| RuntimeError::Io {
+            id: id.to_string(),
+            path: name.clone(),
+            source,
+        })?;
+        let ns = crate::hostname::namespace_of(launched.pid)
+            .map_err(|e| Self::err(id, format!("opening its UTS namespace: {e}")))?;
+        // Opened by pid: it is this sandbox's only if the process is still the one started.
+        if !self.is_alive(&launched) {
+            return Err(Self::err(id, "the sandbox stopped while it was prepared"));
+        }
+        Ok(ns)
+    }
+
     fn uts_namespaces(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::fs::File>> {
@@ -430,21 +448,8 @@ impl Runtime for NativeRuntime {
         self.privileged
     }
 
-    /// Records the cgroup name, which stays that of the pooled id after the rename, and opens
-    /// the sandbox's UTS namespace for the hostname.
     fn prepare_adopt(&self, id: &str, launched: Launched) -> Result<(), RuntimeError> {
-        let name = self.sandbox_dir(id).join(CGROUP_NAME_FILE);
-        std::fs::write(&name, self.cgroup_name(id)).map_err(|source| RuntimeError::Io {
-            id: id.to_string(),
-            path: name.clone(),
-            source,
-        })?;
-        let ns = crate::hostname::namespace_of(launched.pid)
-            .map_err(|e| Self::err(id, format!("opening its UTS namespace: {e}")))?;
-        // Opened by pid: it is this sandbox's only if the process is still the one started.
-        if !self.is_alive(&launched) {
-            return Err(Self::err(id, "the sandbox stopped while it was prepared"));
-        }
+        let ns = self.prepared(id, launched)?;
         self.uts_namespaces().insert(id.to_string(), ns);
         Ok(())
     }
@@ -465,15 +470,16 @@ impl Runtime for NativeRuntime {
                 source,
             }
         };
-        if !self.uts_namespaces().contains_key(from) {
-            self.prepare_adopt(from, launched)?;
-        }
-        let ns = self.uts_namespaces().remove(from);
+        // Prepared while it waited in the pool, or now.
+        let prepared = self.uts_namespaces().remove(from);
+        let ns = match prepared {
+            Some(ns) => ns,
+            None => self.prepared(from, launched)?,
+        };
         // The sandbox's mounts hold its directories, not their paths: renaming the directory
         // on the host leaves the running sandbox as it is, and its agent's socket moves along.
         std::fs::rename(&old, &new).map_err(io(&old))?;
         // The agent has no CAP_SYS_ADMIN: the server sets the hostname from outside.
-        let ns = ns.ok_or_else(|| Self::err(to, "its UTS namespace is not open"))?;
         crate::hostname::set(ns, to)
             .await
             .map_err(|e| Self::err(to, format!("setting hostname: {e}")))

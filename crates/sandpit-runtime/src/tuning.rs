@@ -12,22 +12,23 @@ use std::path::PathBuf;
 
 /// Whether any cgroup mount of this host has `favordynmods` set.
 pub fn favordynmods_on() -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            f.len() > 3
-                && matches!(f[2], "cgroup" | "cgroup2")
-                && f[3].split(',').any(|o| o == "favordynmods")
-        })
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let on = cgroup_mounts(&mounts)
+        .any(|(_, _, options)| options.split(',').any(|o| o == "favordynmods"));
+    on
 }
 
 /// The first cgroup v2 mount point in `mounts` (the text of `/proc/self/mounts`).
 fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|l| {
+    cgroup_mounts(mounts)
+        .find_map(|(point, kind, _)| (kind == "cgroup2").then(|| PathBuf::from(point)))
+}
+
+/// The cgroup v1 and v2 mounts in `mounts`: mount point, file system type, options.
+fn cgroup_mounts(mounts: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    mounts.lines().filter_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        (f.len() > 3 && matches!(f[2], "cgroup" | "cgroup2")).then(|| (f[1], f[2], f[3]))
     })
 }
 
