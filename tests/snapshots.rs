@@ -832,20 +832,30 @@ fn s3_multipart_uploads_left_behind_are_aborted() {
     // The start-up sweep ran before serving (moto dates every upload back to 2010).
     assert_eq!(moto.uploads("sandpit-mp"), ["other/upload.bin"]);
 
-    // A snapshot request cancelled mid-upload aborts its upload.
+    // A snapshot request cancelled mid-upload aborts its upload, wherever it is cut: while
+    // the upload is being created, between parts, or while a part is in flight.
     let id = server.new_sandbox();
     server.run_ok(&id, "head -c 60000000 /dev/urandom > /workspace/big");
-    let cut = server
-        .req(Method::POST, &format!("/v1/sandboxes/{id}/snapshots"))
-        .timeout(Duration::from_millis(300))
-        .json(&json!({ "path": "/workspace" }))
-        .send();
-    assert!(cut.is_err(), "the snapshot finished within 300 ms: {cut:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while moto.uploads("sandpit-mp").len() > 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+    for cut_ms in [5, 20, 60, 150, 300] {
+        let cut = server
+            .req(Method::POST, &format!("/v1/sandboxes/{id}/snapshots"))
+            .timeout(Duration::from_millis(cut_ms))
+            .json(&json!({ "path": "/workspace" }))
+            .send();
+        assert!(
+            cut.is_err(),
+            "the snapshot finished within {cut_ms} ms: {cut:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while moto.uploads("sandpit-mp").len() > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            moto.uploads("sandpit-mp"),
+            ["other/upload.bin"],
+            "cut after {cut_ms} ms"
+        );
     }
-    assert_eq!(moto.uploads("sandpit-mp"), ["other/upload.bin"]);
     // Snapshots still work.
     snapshot(&server, &id, &json!({ "path": "/workspace" }));
     assert_eq!(moto.uploads("sandpit-mp"), ["other/upload.bin"]);

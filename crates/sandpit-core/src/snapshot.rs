@@ -179,14 +179,22 @@ impl ObjectStorage {
     }
 
     async fn upload_inner(&self, key: &str, archive: &mut ArchiveReader) -> Result<u64, CoreError> {
+        // The upload is created in a task of its own: a request cancelled while the service
+        // creates it would otherwise leave an upload nobody knows of. Once created it is in an
+        // `AbortOnDrop`, which aborts it should this future (or that task's unread answer) be
+        // dropped mid-way.
+        let store = self.store.clone();
         let location = ObjPath::from(key);
-        let upload = self
-            .store
-            .put_multipart(&location)
+        let created = tokio::spawn(async move {
+            let upload = store.put_multipart(&location).await?;
+            Ok::<_, object_store::Error>(AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(
+                upload, PART_SIZE,
+            ))))
+        });
+        let mut guard = created
             .await
+            .map_err(|e| CoreError::Internal(format!("creating the upload: {e}")))?
             .map_err(storage_err)?;
-        // Aborts the upload should this future be dropped mid-way (the request cancelled).
-        let mut guard = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)));
         let mut size = 0u64;
         loop {
             let Some(writer) = guard.0.as_mut() else {
