@@ -102,6 +102,7 @@ fn time_n(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result
 
 pub(crate) struct OwnServer {
     child: Child,
+    url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -112,8 +113,20 @@ impl OwnServer {
 }
 
 impl Drop for OwnServer {
-    /// SIGTERM, so the server deletes its pooled sandboxes; SIGKILL after 20 s.
+    /// Deletes every sandbox left (they would outlive the server), then SIGTERM, so the
+    /// server deletes its pooled sandboxes; SIGKILL after 20 s.
     fn drop(&mut self) {
+        let c = reqwest::blocking::Client::new();
+        let listed = c
+            .get(format!("{}/v1/sandboxes", self.url))
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>());
+        if let Ok(list) = listed {
+            let ids = list["sandboxes"].as_array().cloned().unwrap_or_default();
+            for id in ids.iter().filter_map(|s| s["id"].as_str()) {
+                let _ = c.delete(format!("{}/v1/sandboxes/{id}", self.url)).send();
+            }
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -154,7 +167,11 @@ pub(crate) fn start_server(pool_size: usize) -> anyhow::Result<(String, OwnServe
         .stderr(Stdio::null())
         .spawn()
         .context("starting sandpit serve")?;
-    let server = OwnServer { child, _dir: dir };
+    let server = OwnServer {
+        child,
+        url: url.clone(),
+        _dir: dir,
+    };
     let client = reqwest::blocking::Client::new();
     for _ in 0..300 {
         if client

@@ -252,16 +252,15 @@ impl Store for SqliteStore {
 
     fn put_new(&self, r: &Record) -> Result<(), CoreError> {
         self.in_transaction(|conn| {
-            conn.execute(
+            // Cached statements: a create from the warm pool spends a third of its time here.
+            for sql in [
                 "DELETE FROM port_tokens WHERE sandbox_id = ?1",
-                params![r.id],
-            )
-            .map_err(db_err)?;
-            conn.execute(
                 "DELETE FROM dialect_meta WHERE sandbox_id = ?1",
-                params![r.id],
-            )
-            .map_err(db_err)?;
+            ] {
+                conn.prepare_cached(sql)
+                    .and_then(|mut st| st.execute(params![r.id]))
+                    .map_err(db_err)?;
+            }
             write_record(conn, r)
         })
     }

@@ -480,9 +480,7 @@ impl Runtime for NativeRuntime {
         // on the host leaves the running sandbox as it is, and its agent's socket moves along.
         std::fs::rename(&old, &new).map_err(io(&old))?;
         // The agent has no CAP_SYS_ADMIN: the server sets the hostname from outside.
-        crate::hostname::set(ns, to)
-            .await
-            .map_err(|e| Self::err(to, format!("setting hostname: {e}")))
+        crate::hostname::set(&ns, to).map_err(|e| Self::err(to, format!("setting hostname: {e}")))
     }
 
     fn disk_unsupported(&self) -> Option<String> {
