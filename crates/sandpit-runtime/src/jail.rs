@@ -356,9 +356,22 @@ fn write_id_maps(cfg: &JailConfig, child: Pid) -> Fallible<()> {
 
 /// Reads the start time (clock ticks after boot) of `pid` from `/proc/<pid>/stat`.
 pub fn start_time(pid: i32) -> Option<u64> {
+    stat_of(pid).map(|(_, start)| start)
+}
+
+/// The start time of `pid` while it runs: `None` once it has exited, reaped or not. A killed
+/// sandbox init stays a zombie until the host's init reaps it (up to a second here), though
+/// its pid namespace is empty by then.
+pub fn live_start_time(pid: i32) -> Option<u64> {
+    stat_of(pid).and_then(|(state, start)| (!matches!(state, 'Z' | 'X')).then_some(start))
+}
+
+/// The state letter and the start time of `pid`.
+fn stat_of(pid: i32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split(' ').nth(19)?.parse().ok()
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let state = after.chars().next()?;
+    Some((state, after.split(' ').nth(19)?.parse().ok()?))
 }
 
 /// The child: enters the namespaces, becomes root there, forks the sandbox's init.
@@ -826,5 +839,24 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(super::start_time(me).is_some());
         assert!(super::start_time(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn an_exited_process_is_not_live_before_it_is_reaped() {
+        let me = std::process::id() as i32;
+        assert_eq!(super::live_start_time(me), super::start_time(me));
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id() as i32;
+        // Not waited for: it stays a zombie, with its start time still in /proc.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while super::live_start_time(pid).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(super::start_time(pid).is_some(), "reaped too early");
+        assert!(
+            super::live_start_time(pid).is_none(),
+            "a zombie counted as live"
+        );
+        let _ = child.wait();
     }
 }

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 
 use crate::cgroup::{self, CgroupSetup};
-use crate::jail::{start_time, JailConfig, SubordinateIds};
+use crate::jail::{live_start_time, JailConfig, SubordinateIds};
 use crate::{LaunchSpec, Launched, Limits, Runtime, RuntimeError};
 
 /// How many uids/gids each sandbox gets when the server runs as root.
@@ -348,7 +348,7 @@ impl Runtime for NativeRuntime {
     }
 
     fn is_alive(&self, launched: &Launched) -> bool {
-        start_time(launched.pid) == Some(launched.start_time)
+        live_start_time(launched.pid) == Some(launched.start_time)
             && launched.network.as_ref().is_none_or(crate::net::is_alive)
     }
 

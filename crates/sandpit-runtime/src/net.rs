@@ -323,14 +323,7 @@ fn spawn_slirp(pid: i32, sandbox_dir: &Path) -> Fallible<Helper> {
 /// Whether the helper is still the process that was started, and not a zombie: once it has
 /// exited, its `tap0` is gone even if nobody has reaped it yet.
 pub fn is_alive(helper: &Helper) -> bool {
-    let zombie = fs::read_to_string(format!("/proc/{}/stat", helper.pid))
-        .ok()
-        .and_then(|stat| {
-            let state = stat.get(stat.rfind(')')? + 2..)?.chars().next()?;
-            Some(matches!(state, 'Z' | 'X'))
-        })
-        .unwrap_or(true);
-    !zombie && crate::jail::start_time(helper.pid) == Some(helper.start_time)
+    crate::jail::live_start_time(helper.pid) == Some(helper.start_time)
 }
 
 /// Kills the helper if it is still the process that was started.
