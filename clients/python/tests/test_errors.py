@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 import sandpit
-from sandpit import AsyncClient, Client
+from sandpit import AsyncClient, Client, Limits
 
 from .conftest import Server, _start, _stop
 
@@ -83,7 +83,7 @@ async def test_429_in_the_async_client(limited_server: Server) -> None:
 
 def test_507_is_no_space_when_the_sandbox_disk_is_full(client: Client) -> None:
     try:
-        sb = client.create(limits={"disk_mb": 16})
+        sb = client.create(limits=Limits(disk_mb=16))
     except sandpit.SandpitError as e:
         if e.code == "not_supported":
             pytest.skip(f"this server has no per-sandbox disks: {e}")
@@ -96,3 +96,16 @@ def test_507_is_no_space_when_the_sandbox_disk_is_full(client: Client) -> None:
         assert isinstance(err, sandpit.ServerError)
         # The sandbox still works once the failed upload is gone.
         assert sb.exec("echo ok").stdout == "ok\n"
+        # The disk shows in the typed limits, and its use in a get.
+        info = sb.refresh()
+        assert info.limits.disk_mb == 16
+        assert info.disk_used_mb is not None and 0 <= info.disk_used_mb <= 16
+        # It grows while the sandbox runs, where the server may resize a mounted ext4.
+        try:
+            grown = sb.update(limits=Limits(disk_mb=32))
+        except sandpit.BadRequestError as e:
+            assert "CAP_SYS_RESOURCE" in e.message, e.message
+            assert sb.refresh().limits.disk_mb == 16
+        else:
+            assert grown.limits.disk_mb == 32
+            sb.files.write("/workspace/fits-now.bin", os.urandom(20 << 20))

@@ -160,7 +160,8 @@ pub fn grow(sandbox_dir: &Path, disk_mb: u64) -> Result<(), String> {
         let _ = run(Command::new("losetup").args(["-c", &dev]));
         if e.contains("Permission denied") {
             return Err(
-                "limits.disk_mb cannot grow while the sandbox runs: an online ext4 resize needs                  CAP_SYS_RESOURCE, which this server lacks"
+                "limits.disk_mb cannot grow while the sandbox runs: an online ext4 resize needs \
+                 CAP_SYS_RESOURCE, which this server lacks"
                     .into(),
             );
         }

@@ -47,6 +47,9 @@ class Limits:
     cpus: Optional[float] = None
     pids: Optional[int] = None
     open_files: Optional[int] = None
+    #: Size in MB of the sandbox's own disk (its whole writable root); a full disk is ENOSPC
+    #: inside. Root servers only; it can grow (not shrink) while the sandbox runs.
+    disk_mb: Optional[int] = None
 
     @classmethod
     def from_json(cls, data: Any) -> Limits:
@@ -57,10 +60,17 @@ class Limits:
             cpus=float(cpus) if isinstance(cpus, (int, float)) else None,
             pids=_opt_int(d.get("pids")),
             open_files=_opt_int(d.get("open_files")),
+            disk_mb=_opt_int(d.get("disk_mb")),
         )
 
     def to_json(self) -> JSON:
-        fields = {"memory_mb": self.memory_mb, "cpus": self.cpus, "pids": self.pids, "open_files": self.open_files}
+        fields = {
+            "memory_mb": self.memory_mb,
+            "cpus": self.cpus,
+            "pids": self.pids,
+            "open_files": self.open_files,
+            "disk_mb": self.disk_mb,
+        }
         return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -82,6 +92,8 @@ class SandboxInfo:
     allow: Optional[List[str]] = None
     sleep_after_seconds: Optional[int] = None
     snapshot_on_expiry: Optional[bool] = None
+    #: MB used on the sandbox's own disk (when it has ``limits.disk_mb``; shown by a get).
+    disk_used_mb: Optional[int] = None
 
     @classmethod
     def from_json(cls, d: JSON) -> SandboxInfo:
@@ -99,6 +111,7 @@ class SandboxInfo:
             allow=[str(a) for a in d["allow"]] if isinstance(d.get("allow"), list) else None,
             sleep_after_seconds=_opt_int(d.get("sleep_after_seconds")),
             snapshot_on_expiry=d["snapshot_on_expiry"] if isinstance(d.get("snapshot_on_expiry"), bool) else None,
+            disk_used_mb=_opt_int(d.get("disk_used_mb")),
         )
 
 
