@@ -75,31 +75,17 @@ fn pool_agent_pids(names: &BTreeSet<String>) -> Vec<i32> {
 
 /// The memory limit of a sandbox as its host cgroup says (v1 or v2), in bytes.
 fn host_memory_limit(s: &Server, id: &str) -> Option<u64> {
-    let name = std::fs::read_to_string(s.data_dir().join("sandboxes").join(id).join("cgroup-name"))
-        .unwrap_or_else(|_| id.to_string());
-    let name = name.trim();
-    let out = std::process::Command::new("find")
-        .args([
-            "/sys/fs/cgroup",
-            "-maxdepth",
-            "6",
-            "-type",
-            "d",
-            "-name",
-            name,
-        ])
-        .output()
-        .ok()?;
-    for dir in String::from_utf8_lossy(&out.stdout).lines() {
-        for file in ["memory.limit_in_bytes", "memory.max"] {
-            if let Ok(v) = std::fs::read_to_string(format!("{dir}/{file}")) {
-                if let Ok(n) = v.trim().parse() {
-                    return Some(n);
-                }
-            }
-        }
-    }
-    None
+    cgroups::sandbox_dirs(s, id).iter().find_map(|dir| {
+        ["memory.limit_in_bytes", "memory.max"]
+            .iter()
+            .find_map(|f| {
+                std::fs::read_to_string(dir.join(f))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+    })
 }
 
 #[test]

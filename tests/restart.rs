@@ -101,31 +101,14 @@ fn expiry_still_applies_after_restart() {
     }
 }
 
-/// The server's own cgroup directories (`sandpit-<instance>`, one per v1 hierarchy or the v2
-/// one): those holding the sandbox's cgroup while it runs.
-fn instance_cgroups(id: &str) -> Vec<std::path::PathBuf> {
-    let mut roots = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        roots.extend(rd.flatten().map(|e| e.path()));
-    }
-    let mut out = Vec::new();
-    for root in roots {
-        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("sandpit-") && e.path().join(id).is_dir() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_clean_stop_removes_the_instance_cgroups_once_no_sandbox_uses_them() {
     let mut server = Server::start();
     let id = unique("cgparent");
     server.create(&json!({ "id": id, "keepalive_seconds": 0 }));
-    let dirs = instance_cgroups(&id);
+    // (A sandbox from the warm pool keeps its pooled id as its cgroups' name.)
+    let name = cgroups::cgroup_name(&server, &id);
+    let dirs = cgroups::instance_dirs_holding(&name);
     if dirs.is_empty() {
         eprintln!("note: no cgroups on this host; nothing to check");
         return;
@@ -133,7 +116,11 @@ fn a_clean_stop_removes_the_instance_cgroups_once_no_sandbox_uses_them() {
     // A sandbox still running keeps them (it outlives the server).
     server.terminate().expect("server was running");
     for d in &dirs {
-        assert!(d.join(&id).is_dir(), "{} went with the server", d.display());
+        assert!(
+            d.join(&name).is_dir(),
+            "{} went with the server",
+            d.display()
+        );
     }
     server.restart();
     assert_eq!(server.run_ok(&id, "echo back"), "back\n");

@@ -5,38 +5,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// The sandbox's cgroup directories on the host (v1: one per controller; v2: one).
-fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut look = |dir: PathBuf| {
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("sandpit-") && e.path().join(id).is_dir() {
-                    out.push(e.path().join(id));
-                }
-            }
-        }
-    };
-    look(PathBuf::from("/sys/fs/cgroup"));
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        for e in rd.flatten() {
-            look(e.path());
-        }
-    }
-    out
-}
-
 /// Host pids in the sandbox's cgroups.
-fn host_pids(id: &str) -> Vec<u32> {
-    let mut pids: Vec<u32> = cgroup_dirs(id)
+fn host_pids(server: &Server, id: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = cgroups::sandbox_dirs(server, id)
         .iter()
         .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
         .flat_map(|t| {
@@ -94,8 +71,8 @@ fn sleep_ends_processes_frees_cgroups_keeps_files_and_a_call_wakes() {
         "echo note > /root/note; nohup sleep 1000 >/dev/null 2>&1 &",
     );
     let before = server.wait_for_process(&id, "sleep 1000");
-    let cgroups = cgroup_dirs(&id);
-    let pids = host_pids(&id);
+    let cgroups = cgroups::sandbox_dirs(&server, &id);
+    let pids = host_pids(&server, &id);
     let has_cgroups = !cgroups.is_empty();
     if has_cgroups {
         assert!(pids.len() >= 2, "agent and sleep in the cgroup: {pids:?}");
@@ -108,7 +85,7 @@ fn sleep_ends_processes_frees_cgroups_keeps_files_and_a_call_wakes() {
     // GET reports it asleep and does not wake it; the list neither.
     assert_eq!(server.sandbox(&id)["status"], "sleeping");
     assert_eq!(listed(&server, &id).expect("listed")["status"], "sleeping");
-    let left: Vec<_> = cgroup_dirs(&id);
+    let left: Vec<_> = cgroups::sandbox_dirs(&server, &id);
     assert!(left.is_empty(), "cgroups of a sleeping sandbox: {left:?}");
     for pid in &pids {
         let alive =
@@ -133,7 +110,7 @@ fn sleep_ends_processes_frees_cgroups_keeps_files_and_a_call_wakes() {
     );
     if has_cgroups {
         assert!(
-            !cgroup_dirs(&id).is_empty(),
+            !cgroups::sandbox_dirs(&server, &id).is_empty(),
             "woken sandbox without cgroups"
         );
     }
@@ -166,7 +143,10 @@ fn sleep_survives_a_server_restart() {
     server.kill9();
     server.restart();
     assert_eq!(server.sandbox(&id)["status"], "sleeping");
-    assert!(cgroup_dirs(&id).is_empty(), "recover woke the sandbox");
+    assert!(
+        cgroups::sandbox_dirs(&server, &id).is_empty(),
+        "recover woke the sandbox"
+    );
     server.terminate();
     server.restart();
     assert_eq!(server.sandbox(&id)["status"], "sleeping");

@@ -5,6 +5,7 @@
 //! (sandboxes outlive the server process) and then stops the server.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod hooks;
 pub mod netns;
 pub mod ws;
