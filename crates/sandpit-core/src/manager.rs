@@ -238,7 +238,7 @@ impl SandboxManager {
             "/bin/sh"
         };
         Arc::new(Self {
-            events: Events::start(cfg.webhooks.clone()),
+            events: Events::start(cfg.webhooks.clone(), store.clone()),
             pool: pool::Pool::new(if runtime.can_adopt() {
                 cfg.pool_size
             } else {

@@ -39,6 +39,44 @@ pub trait Store: Send + Sync {
         data: &str,
     ) -> Result<(), CoreError>;
     fn dialect_meta(&self, sandbox_id: &str, dialect: &str) -> Result<Option<String>, CoreError>;
+    /// Adds webhook deliveries to the outbox (their `seq` is ignored: the store numbers
+    /// them in order) and, in the same commit, drops the `n` oldest rows of each `(hook, n)`
+    /// in `trim`. Answers how many rows the trim dropped, per entry of `trim`.
+    fn outbox_push(
+        &self,
+        rows: &[OutboxRow],
+        trim: &[(String, usize)],
+    ) -> Result<Vec<usize>, CoreError>;
+    /// The oldest delivery pending for a webhook.
+    fn outbox_head(&self, hook: &str) -> Result<Option<OutboxRow>, CoreError>;
+    /// Records a failed attempt: the attempts so far and when to try again.
+    fn outbox_retry(&self, seq: i64, attempts: u32, next_at: i64) -> Result<(), CoreError>;
+    /// Whether the delivery was still there.
+    fn outbox_delete(&self, seq: i64) -> Result<bool, CoreError>;
+    /// Drops the rows of webhooks not in `hooks`; answers the pending rows per webhook
+    /// kept and how many were dropped.
+    fn outbox_retain(&self, hooks: &[String]) -> Result<(Vec<(String, usize)>, usize), CoreError>;
+}
+
+/// One pending delivery of one event to one webhook, with the exact body that is signed
+/// and sent on every attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Order of the outbox: deliveries to a webhook go out by increasing `seq`.
+    pub seq: i64,
+    /// The webhook's stable key (its URL without query, see `events::Webhook::key`).
+    pub hook: String,
+    pub event_id: String,
+    /// `sandbox.created`, ...
+    pub kind: String,
+    pub sandbox_id: String,
+    pub body: Vec<u8>,
+    /// Milliseconds since the epoch, when the event happened.
+    pub created_at: i64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Milliseconds since the epoch, not before which the next attempt is made.
+    pub next_at: i64,
 }
 
 /// A public token of one port of one sandbox; only its SHA-256 is kept.
@@ -138,6 +176,40 @@ CREATE TABLE IF NOT EXISTS dialect_meta (
 DELETE FROM dialect_meta WHERE sandbox_id NOT IN (SELECT id FROM sandboxes);
 ";
 
+/// The webhook outbox: one row per (event, webhook) delivery not yet done, so events survive
+/// a stop or a crash of the server. A table of its own, so older stores gain it as is.
+const OUTBOX_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    hook TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sandbox_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_hook ON webhook_outbox (hook, seq);
+";
+
+const OUTBOX_COLUMNS: &str =
+    "seq, hook, event_id, kind, sandbox_id, body, created_at, attempts, next_at";
+
+fn outbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    Ok(OutboxRow {
+        seq: row.get(0)?,
+        hook: row.get(1)?,
+        event_id: row.get(2)?,
+        kind: row.get(3)?,
+        sandbox_id: row.get(4)?,
+        body: row.get(5)?,
+        created_at: row.get(6)?,
+        attempts: row.get::<_, i64>(7)?.clamp(0, u32::MAX as i64) as u32,
+        next_at: row.get(8)?,
+    })
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, CoreError> {
         let conn = Connection::open(path).map_err(db_err)?;
@@ -152,6 +224,7 @@ impl SqliteStore {
         migrate(&conn)?;
         migrate_snapshot_tenant(&conn)?;
         conn.execute_batch(DIALECT_META_SCHEMA).map_err(db_err)?;
+        conn.execute_batch(OUTBOX_SCHEMA).map_err(db_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -472,6 +545,102 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(db_err)
+    }
+
+    fn outbox_push(
+        &self,
+        rows: &[OutboxRow],
+        trim: &[(String, usize)],
+    ) -> Result<Vec<usize>, CoreError> {
+        self.in_transaction(|conn| {
+            for r in rows {
+                conn.prepare_cached(
+                    "INSERT INTO webhook_outbox (hook, event_id, kind, sandbox_id, body, created_at, attempts, next_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        r.hook,
+                        r.event_id,
+                        r.kind,
+                        r.sandbox_id,
+                        r.body,
+                        r.created_at,
+                        r.attempts,
+                        r.next_at
+                    ])
+                })
+                .map_err(db_err)?;
+            }
+            let mut dropped = Vec::with_capacity(trim.len());
+            for (hook, n) in trim {
+                let gone = conn
+                    .prepare_cached(
+                        "DELETE FROM webhook_outbox WHERE seq IN
+                         (SELECT seq FROM webhook_outbox WHERE hook = ?1 ORDER BY seq LIMIT ?2)",
+                    )
+                    .and_then(|mut st| st.execute(params![hook, *n as i64]))
+                    .map_err(db_err)?;
+                dropped.push(gone);
+            }
+            Ok(dropped)
+        })
+    }
+
+    fn outbox_head(&self, hook: &str) -> Result<Option<OutboxRow>, CoreError> {
+        use rusqlite::OptionalExtension;
+        self.conn()
+            .prepare_cached(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM webhook_outbox WHERE hook = ?1 ORDER BY seq LIMIT 1"
+            ))
+            .and_then(|mut st| st.query_row(params![hook], outbox_row).optional())
+            .map_err(db_err)
+    }
+
+    fn outbox_retry(&self, seq: i64, attempts: u32, next_at: i64) -> Result<(), CoreError> {
+        self.conn()
+            .prepare_cached("UPDATE webhook_outbox SET attempts = ?2, next_at = ?3 WHERE seq = ?1")
+            .and_then(|mut st| st.execute(params![seq, attempts, next_at]))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn outbox_delete(&self, seq: i64) -> Result<bool, CoreError> {
+        let n = self
+            .conn()
+            .prepare_cached("DELETE FROM webhook_outbox WHERE seq = ?1")
+            .and_then(|mut st| st.execute(params![seq]))
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    fn outbox_retain(&self, hooks: &[String]) -> Result<(Vec<(String, usize)>, usize), CoreError> {
+        self.in_transaction(|conn| {
+            let counts: Vec<(String, usize)> = conn
+                .prepare("SELECT hook, COUNT(*) FROM webhook_outbox GROUP BY hook")
+                .and_then(|mut st| {
+                    st.query_map([], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?.max(0) as usize,
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err)?;
+            let mut kept = Vec::new();
+            let mut dropped = 0;
+            for (hook, n) in counts {
+                if hooks.contains(&hook) {
+                    kept.push((hook, n));
+                } else {
+                    dropped += conn
+                        .execute("DELETE FROM webhook_outbox WHERE hook = ?1", params![hook])
+                        .map_err(db_err)?;
+                }
+            }
+            Ok((kept, dropped))
+        })
     }
 
     fn port_tokens(&self, sandbox_id: &str) -> Result<Vec<PortToken>, CoreError> {
