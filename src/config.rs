@@ -135,8 +135,9 @@ struct WebhookFile {
     /// Event types (`sandbox.created`, ...); empty or absent = all.
     #[serde(default)]
     events: Vec<String>,
+    /// Attempts per event, the first included (default 20; at most 24 h anyway).
     max_attempts: Option<u32>,
-    /// Wait before the first retry, doubled after each.
+    /// Wait before the first retry, doubled after each (at most 1 h).
     backoff_ms: Option<u64>,
     timeout_ms: Option<u64>,
 }

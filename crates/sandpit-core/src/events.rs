@@ -85,7 +85,8 @@ pub struct Webhook {
     pub secret: String,
     /// Kinds delivered to it; empty means all.
     pub events: Vec<EventKind>,
-    /// Attempts per event, the first included.
+    /// Attempts per event, the first included (default 20); a delivery is also given up
+    /// once its event is [`MAX_AGE`] old.
     pub max_attempts: u32,
     /// Wait before the first retry; doubled after each.
     pub initial_backoff: Duration,

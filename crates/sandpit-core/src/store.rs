@@ -888,6 +888,53 @@ mod tests {
     }
 
     #[test]
+    fn outbox_rows_survive_reopening_in_order_with_their_retry_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let row = |hook: &str, ev: &str| OutboxRow {
+            seq: 0,
+            hook: hook.into(),
+            event_id: ev.into(),
+            kind: "sandbox.created".into(),
+            sandbox_id: "a".into(),
+            body: ev.as_bytes().to_vec(),
+            created_at: 1,
+            attempts: 0,
+            next_at: 1,
+        };
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.outbox_push(&[row("h1", "e1"), row("h2", "e1")], &[])
+                .unwrap();
+            s.outbox_push(&[row("h1", "e2")], &[]).unwrap();
+            let head = s.outbox_head("h1").unwrap().unwrap();
+            assert_eq!(head.event_id, "e1");
+            s.outbox_retry(head.seq, 3, 99).unwrap();
+            // Trimming one of h1 in the same commit as a third row drops e1.
+            let dropped = s
+                .outbox_push(&[row("h1", "e3")], &[("h1".into(), 1)])
+                .unwrap();
+            assert_eq!(dropped, [1]);
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let head = s.outbox_head("h1").unwrap().unwrap();
+        assert_eq!(
+            (head.event_id.as_str(), head.body.as_slice()),
+            ("e2", &b"e2"[..])
+        );
+        assert!(s.outbox_delete(head.seq).unwrap());
+        assert!(!s.outbox_delete(head.seq).unwrap());
+        assert_eq!(s.outbox_head("h1").unwrap().unwrap().event_id, "e3");
+        let (kept, dropped) = s.outbox_retain(&["h1".to_string()]).unwrap();
+        assert_eq!((kept, dropped), (vec![("h1".to_string(), 1)], 1));
+        assert!(s.outbox_head("h2").unwrap().is_none());
+        let h2 = s.outbox_head("h1").unwrap().unwrap();
+        s.outbox_retry(h2.seq, 2, 50).unwrap();
+        let again = s.outbox_head("h1").unwrap().unwrap();
+        assert_eq!((again.attempts, again.next_at), (2, 50));
+    }
+
+    #[test]
     fn port_tokens_survive_reopening_and_go_with_their_sandbox() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
