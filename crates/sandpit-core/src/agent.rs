@@ -26,6 +26,9 @@ pub struct AgentClient {
     idle: Pool,
     /// Counts sleeps; a stream that loses the agent after one began ends `Interrupted`.
     sleeps: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when the sandbox is deleted: calls cut by it, and calls that would start it again,
+    /// end `Interrupted`.
+    deleted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Idle connections to one agent, shared with the tasks that stream exec output.
@@ -48,7 +51,24 @@ impl AgentClient {
             socket,
             idle: Arc::new(Mutex::new(Vec::new())),
             sleeps: Arc::default(),
+            deleted: Arc::default(),
         }
+    }
+
+    /// Marks the sandbox as deleted: calls in flight end `Interrupted`, none may start it.
+    pub fn mark_deleted(&self) {
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.reset();
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What a call that found its sandbox deleted ends with.
+    pub fn deleted_error(id: &str) -> CoreError {
+        CoreError::Interrupted(format!("sandbox '{id}' was deleted during the call"))
     }
 
     /// Marks the agent as being put to sleep: streams open now end `Interrupted`.
@@ -59,7 +79,18 @@ impl AgentClient {
     }
 
     /// What a stream begun at `sleeps == at` that lost the agent (`what`) ends with.
-    fn lost(id: &str, sleeps: &std::sync::atomic::AtomicU64, at: u64, what: String) -> CoreError {
+    fn lost(
+        id: &str,
+        (sleeps, deleted): (
+            &std::sync::atomic::AtomicU64,
+            &std::sync::atomic::AtomicBool,
+        ),
+        at: u64,
+        what: String,
+    ) -> CoreError {
+        if deleted.load(std::sync::atomic::Ordering::SeqCst) {
+            return Self::deleted_error(id);
+        }
         if sleeps.load(std::sync::atomic::Ordering::SeqCst) != at {
             return CoreError::Interrupted(format!(
                 "sandbox '{id}' was put to sleep during the call ({what}); the next call wakes it"
@@ -69,6 +100,9 @@ impl AgentClient {
     }
 
     fn broken(&self, e: impl std::fmt::Display) -> CoreError {
+        if self.is_deleted() {
+            return Self::deleted_error(&self.id);
+        }
         CoreError::unavailable(&self.id, format!("agent connection failed: {e}"))
     }
 
@@ -243,6 +277,7 @@ impl AgentClient {
         let (tx, rx) = mpsc::channel(64);
         let id = self.id.clone();
         let sleeps = self.sleeps.clone();
+        let deleted = self.deleted.clone();
         let _ = tx.send(Ok(first)).await;
         let pool = self.idle.clone();
         tokio::spawn(async move {
@@ -277,7 +312,7 @@ impl AgentClient {
                         let _ = tx
                             .send(Err(Self::lost(
                                 &id,
-                                &sleeps,
+                                (&sleeps, &deleted),
                                 at,
                                 format!("lost the agent during exec: {e}"),
                             )))
@@ -330,6 +365,7 @@ impl AgentClient {
         let id = self.id.clone();
         let pool = self.idle.clone();
         let sleeps = self.sleeps.clone();
+        let deleted = self.deleted.clone();
         tokio::spawn(async move {
             let _guard = guard;
             loop {
@@ -347,7 +383,7 @@ impl AgentClient {
                         let _ = tx
                             .send(Err(Self::lost(
                                 &id,
-                                &sleeps,
+                                (&sleeps, &deleted),
                                 at,
                                 "file read interrupted".into(),
                             )))

@@ -344,6 +344,11 @@ impl SandboxManager {
 
     /// Starts (or restarts) the sandbox's agent. Caller holds `life`.
     async fn start(&self, h: &Handle) -> Result<(), CoreError> {
+        // A call that found the handle before a delete took it away must not bring the
+        // sandbox back (its record and files would return without an owner).
+        if h.agent.is_deleted() {
+            return Err(AgentClient::deleted_error(&h.record().id));
+        }
         let (spec, waking) = {
             let mut r = h.record();
             let waking = r.status == Status::Sleeping;
@@ -875,6 +880,7 @@ impl SandboxManager {
             mine.then(|| map.remove(id)).flatten()
         }
         .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
+        h.agent.mark_deleted();
         let _life = h.life.lock().await;
         let launched = h.record().launched;
         if let Err(e) = self.runtime.destroy(id, launched).await {

@@ -12,6 +12,9 @@ use crate::snapshot::SnapshotRecord;
 use crate::CoreError;
 
 pub trait Store: Send + Sync {
+    /// Updates the record of an existing sandbox. A record that is not there (the sandbox
+    /// was deleted meanwhile) is not written again: only `put_new` adds one, so a call that
+    /// held a deleted sandbox's handle cannot bring its record back.
     fn put(&self, rec: &Record) -> Result<(), CoreError>;
     /// Writes the record of a sandbox being created and, in the same commit, drops port
     /// tokens a former sandbox of that id left.
@@ -320,7 +323,16 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn put(&self, r: &Record) -> Result<(), CoreError> {
-        self.in_transaction(|conn| write_record(conn, r))
+        self.in_transaction(|conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM sandboxes WHERE id = ?1")
+                .and_then(|mut st| st.exists(params![r.id]))
+                .map_err(db_err)?;
+            if exists {
+                write_record(conn, r)?;
+            }
+            Ok(())
+        })
     }
 
     fn put_new(&self, r: &Record) -> Result<(), CoreError> {
@@ -738,13 +750,20 @@ mod tests {
         };
         {
             let s = SqliteStore::open(&path).unwrap();
+            s.put_new(&rec).unwrap();
             s.put(&rec).unwrap();
-            s.put(&Record {
+            s.put_new(&Record {
                 id: "b".into(),
                 ..rec.clone()
             })
             .unwrap();
             s.delete("b").unwrap();
+            // A put after a delete does not bring the record back.
+            s.put(&Record {
+                id: "b".into(),
+                ..rec.clone()
+            })
+            .unwrap();
         }
         let all = SqliteStore::open(&path).unwrap().all().unwrap();
         assert_eq!(all.len(), 1);
@@ -866,8 +885,8 @@ mod tests {
         };
         {
             let s = SqliteStore::open(&path).unwrap();
-            s.put(&rec("a")).unwrap();
-            s.put(&rec("b")).unwrap();
+            s.put_new(&rec("a")).unwrap();
+            s.put_new(&rec("b")).unwrap();
             s.put_dialect_meta("a", "e2b", "{\"x\":1}").unwrap();
             s.put_dialect_meta("a", "e2b", "{\"x\":2}").unwrap();
             s.put_dialect_meta("b", "e2b", "b").unwrap();

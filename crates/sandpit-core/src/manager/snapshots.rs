@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{generate_id, random_id, valid_id, BusyGuard, Handle, SandboxManager};
+use crate::agent::AgentClient;
 use crate::events::EventKind;
 use crate::model::{now_ms, CreateSandbox, Sandbox, Status};
 use crate::snapshot::{
@@ -104,6 +105,9 @@ impl SandboxManager {
             None => h.calls.clone().write_owned().await,
         };
         let _life = h.life.lock().await;
+        if h.agent.is_deleted() {
+            return Err(AgentClient::deleted_error(&h.record().id));
+        }
         let (id, launched, status, last_active) = {
             let r = h.record();
             (r.id.clone(), r.launched, r.status, r.last_active_at)
