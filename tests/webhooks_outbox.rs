@@ -5,43 +5,20 @@
 
 mod common;
 
-use common::hooks::Delivery;
+use common::hooks::{read_request, Delivery};
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Bound on the wait for deliveries (the retries back off from 50 ms, doubling).
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Reads one HTTP/1.1 request with a Content-Length body.
-fn read_request(stream: &TcpStream) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let path = line.split(' ').nth(1)?.to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-    }
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some((path, headers, body))
-}
 
 /// A receiver on `listener` answering the status in `status` (changed by the test).
 fn receiver_on(listener: TcpListener, status: Arc<AtomicU16>) -> mpsc::Receiver<Delivery> {

@@ -33,8 +33,8 @@ impl Delivery {
     }
 }
 
-/// Reads one HTTP/1.1 request with a Content-Length body.
-fn read_request(stream: &mut TcpStream) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
+/// Reads one HTTP/1.1 request with a Content-Length body: its path, headers and body.
+pub fn read_request(stream: &TcpStream) -> Option<(String, HashMap<String, String>, Vec<u8>)> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -67,7 +67,7 @@ pub fn receiver(failures: usize) -> (u16, mpsc::Receiver<Delivery>) {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            let Some((path, headers, body)) = read_request(&mut stream) else {
+            let Some((path, headers, body)) = read_request(&stream) else {
                 continue;
             };
             let answered = if seen < failures { 500 } else { 200 };
