@@ -2,6 +2,7 @@
 //! sandbox, and typed calls for exec and files.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,11 +25,38 @@ pub struct AgentClient {
     id: String,
     socket: PathBuf,
     idle: Pool,
-    /// Counts sleeps; a stream that loses the agent after one began ends `Interrupted`.
-    sleeps: Arc<std::sync::atomic::AtomicU64>,
-    /// Set when the sandbox is deleted: calls cut by it, and calls that would start it again,
-    /// end `Interrupted`.
-    deleted: Arc<std::sync::atomic::AtomicBool>,
+    /// Sleeps and the delete of the sandbox, shared with the tasks that stream output.
+    ends: Arc<Ends>,
+}
+
+/// What may end a sandbox's calls from outside; a stream that loses the agent after one of
+/// them ends `Interrupted` instead of `sandbox_unavailable`.
+#[derive(Default)]
+struct Ends {
+    /// Counts sleeps.
+    sleeps: AtomicU64,
+    /// Set when the sandbox is deleted: calls cut by it, and calls that would start it
+    /// again, end `Interrupted`.
+    deleted: AtomicBool,
+}
+
+impl Ends {
+    fn sleeps(&self) -> u64 {
+        self.sleeps.load(Ordering::SeqCst)
+    }
+
+    /// What a stream begun at `sleeps == at` that lost the agent (`what`) ends with.
+    fn lost(&self, id: &str, at: u64, what: String) -> CoreError {
+        if self.deleted.load(Ordering::SeqCst) {
+            return AgentClient::deleted_error(id);
+        }
+        if self.sleeps() != at {
+            return CoreError::Interrupted(format!(
+                "sandbox '{id}' was put to sleep during the call ({what}); the next call wakes it"
+            ));
+        }
+        CoreError::unavailable(id, what)
+    }
 }
 
 /// Idle connections to one agent, shared with the tasks that stream exec output.
@@ -50,20 +78,18 @@ impl AgentClient {
             id: id.to_string(),
             socket,
             idle: Arc::new(Mutex::new(Vec::new())),
-            sleeps: Arc::default(),
-            deleted: Arc::default(),
+            ends: Arc::default(),
         }
     }
 
     /// Marks the sandbox as deleted: calls in flight end `Interrupted`, none may start it.
     pub fn mark_deleted(&self) {
-        self.deleted
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.ends.deleted.store(true, Ordering::SeqCst);
         self.reset();
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(std::sync::atomic::Ordering::SeqCst)
+        self.ends.deleted.load(Ordering::SeqCst)
     }
 
     /// What a call that found its sandbox deleted ends with.
@@ -73,30 +99,8 @@ impl AgentClient {
 
     /// Marks the agent as being put to sleep: streams open now end `Interrupted`.
     pub fn interrupt(&self) {
-        self.sleeps
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.ends.sleeps.fetch_add(1, Ordering::SeqCst);
         self.reset();
-    }
-
-    /// What a stream begun at `sleeps == at` that lost the agent (`what`) ends with.
-    fn lost(
-        id: &str,
-        (sleeps, deleted): (
-            &std::sync::atomic::AtomicU64,
-            &std::sync::atomic::AtomicBool,
-        ),
-        at: u64,
-        what: String,
-    ) -> CoreError {
-        if deleted.load(std::sync::atomic::Ordering::SeqCst) {
-            return Self::deleted_error(id);
-        }
-        if sleeps.load(std::sync::atomic::Ordering::SeqCst) != at {
-            return CoreError::Interrupted(format!(
-                "sandbox '{id}' was put to sleep during the call ({what}); the next call wakes it"
-            ));
-        }
-        CoreError::unavailable(id, what)
     }
 
     fn broken(&self, e: impl std::fmt::Display) -> CoreError {
@@ -237,7 +241,7 @@ impl AgentClient {
         kill_on_disconnect: bool,
         guard: G,
     ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
-        let at = self.sleeps.load(std::sync::atomic::Ordering::SeqCst);
+        let at = self.ends.sleeps();
         let send_stdin = |mut conn: UnixStream| {
             let stdin = stdin.clone();
             async move {
@@ -276,8 +280,7 @@ impl AgentClient {
         };
         let (tx, rx) = mpsc::channel(64);
         let id = self.id.clone();
-        let sleeps = self.sleeps.clone();
-        let deleted = self.deleted.clone();
+        let ends = self.ends.clone();
         let _ = tx.send(Ok(first)).await;
         let pool = self.idle.clone();
         tokio::spawn(async move {
@@ -310,9 +313,8 @@ impl AgentClient {
                     Ok(_) => continue,
                     Err(e) => {
                         let _ = tx
-                            .send(Err(Self::lost(
+                            .send(Err(ends.lost(
                                 &id,
-                                (&sleeps, &deleted),
                                 at,
                                 format!("lost the agent during exec: {e}"),
                             )))
@@ -338,7 +340,7 @@ impl AgentClient {
         path: &str,
         guard: G,
     ) -> Result<(u64, ByteStream), CoreError> {
-        let at = self.sleeps.load(std::sync::atomic::Ordering::SeqCst);
+        let at = self.ends.sleeps();
         let req = Request::ReadFile {
             path: path.to_string(),
         };
@@ -364,8 +366,7 @@ impl AgentClient {
         let (tx, rx) = mpsc::channel(8);
         let id = self.id.clone();
         let pool = self.idle.clone();
-        let sleeps = self.sleeps.clone();
-        let deleted = self.deleted.clone();
+        let ends = self.ends.clone();
         tokio::spawn(async move {
             let _guard = guard;
             loop {
@@ -381,12 +382,7 @@ impl AgentClient {
                     }
                     Ok(Frame::Json(_)) | Err(_) => {
                         let _ = tx
-                            .send(Err(Self::lost(
-                                &id,
-                                (&sleeps, &deleted),
-                                at,
-                                "file read interrupted".into(),
-                            )))
+                            .send(Err(ends.lost(&id, at, "file read interrupted".into())))
                             .await;
                         return;
                     }
