@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::hooks::{read_request, Delivery};
+use common::hooks::{receiver_answering, Delivery};
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 use std::collections::HashSet;
-use std::io::Write;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{mpsc, Arc};
@@ -22,31 +21,7 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// A receiver on `listener` answering the status in `status` (changed by the test).
 fn receiver_on(listener: TcpListener, status: Arc<AtomicU16>) -> mpsc::Receiver<Delivery> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            let Some((path, headers, body)) = read_request(&stream) else {
-                continue;
-            };
-            let answered = status.load(Ordering::SeqCst);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {answered} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            let d = Delivery {
-                path,
-                headers,
-                body,
-                answered,
-            };
-            if tx.send(d).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+    receiver_answering(listener, move || status.load(Ordering::SeqCst))
 }
 
 /// Two webhooks: one on a port nobody listens on yet, one on a receiver answering 503.
@@ -111,6 +86,24 @@ impl Setup {
             args: vec!["--config".into(), self.config.display().to_string()],
             ..Default::default()
         })
+    }
+
+    /// Brings both receivers up, restarts the server and collects what each got: the
+    /// `expected` events, each once, in order. Answers (closed port's, busy one's).
+    fn restart_and_deliver(
+        &self,
+        server: &mut Server,
+        expected: &[(String, String)],
+    ) -> (Vec<Delivery>, Vec<Delivery>) {
+        let down = self.receivers_up();
+        server.restart();
+        let from_down = delivered(server, &down, expected.len());
+        let from_busy = delivered(server, &self.busy, expected.len());
+        assert_once_each(&from_down);
+        assert_once_each(&from_busy);
+        assert_eq!(events_of(&from_down, "s1"), expected);
+        assert_eq!(events_of(&from_busy, "s2"), expected);
+        (from_down, from_busy)
     }
 
     /// Opens the closed port (a receiver answering 200) and makes the busy one answer 200.
@@ -278,14 +271,7 @@ fn events_pending_at_a_sigterm_are_delivered_after_the_restart_once_in_order() {
     );
     assert!(!log.contains("key=k1"), "the query logged: {log}");
 
-    let down = s.receivers_up();
-    server.restart();
-    let from_down = delivered(&server, &down, expected.len());
-    let from_busy = delivered(&server, &s.busy, expected.len());
-    assert_once_each(&from_down);
-    assert_once_each(&from_busy);
-    assert_eq!(events_of(&from_down, "s1"), expected);
-    assert_eq!(events_of(&from_busy, "s2"), expected);
+    let (from_down, from_busy) = s.restart_and_deliver(&mut server, &expected);
     assert!(from_down.iter().all(|d| d.path == "/down?key=k1"));
     // The same event, byte for byte, as the attempt refused before the stop.
     let first = &from_busy[0];
@@ -333,14 +319,7 @@ fn events_of_a_request_answered_just_before_a_kill_9_are_delivered_after_the_res
         "nothing was accepted before the kill"
     );
 
-    let down = s.receivers_up();
-    server.restart();
-    let from_down = delivered(&server, &down, expected.len());
-    let from_busy = delivered(&server, &s.busy, expected.len());
-    assert_once_each(&from_down);
-    assert_once_each(&from_busy);
-    assert_eq!(events_of(&from_down, "s1"), expected);
-    assert_eq!(events_of(&from_busy, "s2"), expected);
+    let (_, from_busy) = s.restart_and_deliver(&mut server, &expected);
     // Any attempt made before the kill carried the id and body delivered after it.
     for early in &before {
         let id = early.header("x-sandpit-delivery");

@@ -61,17 +61,33 @@ pub fn read_request(stream: &TcpStream) -> Option<(String, HashMap<String, Strin
 pub fn receiver(failures: usize) -> (u16, mpsc::Receiver<Delivery>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let mut seen = 0;
+    let rx = receiver_answering(listener, move || {
+        seen += 1;
+        if seen <= failures {
+            500
+        } else {
+            200
+        }
+    });
+    (port, rx)
+}
+
+/// A receiver on `listener` answering each request with the status `answer` gives; the
+/// channel of what it got.
+pub fn receiver_answering(
+    listener: TcpListener,
+    mut answer: impl FnMut() -> u16 + Send + 'static,
+) -> mpsc::Receiver<Delivery> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut seen = 0;
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
             let Some((path, headers, body)) = read_request(&stream) else {
                 continue;
             };
-            let answered = if seen < failures { 500 } else { 200 };
-            seen += 1;
+            let answered = answer();
             let _ = write!(
                 stream,
                 "HTTP/1.1 {answered} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -87,5 +103,5 @@ pub fn receiver(failures: usize) -> (u16, mpsc::Receiver<Delivery>) {
             }
         }
     });
-    (port, rx)
+    rx
 }
