@@ -1,12 +1,15 @@
 //! sandpit-agent: PID 1 of every sandbox. It reaps every process that ends in the sandbox,
 //! survives `kill -9 -1` from inside (the kernel never delivers signals to a pid namespace's
 //! init from within), and serves the server over the Unix socket the jail handed it:
-//! exec and files today; sessions, processes and terminals build on the same loop.
+//! exec and files today; sessions, processes and terminals build on the same loop. It is
+//! out of reach of everything it starts: not dumpable (no process of the sandbox can trace
+//! it, touch its memory or take its descriptors), and its log on the host capped.
 
 mod archive;
 mod exec;
 mod files;
 mod interp;
+mod log;
 mod procs;
 mod pty;
 mod reaper;
@@ -29,6 +32,21 @@ use tokio::net::UnixStream;
 
 /// Entry point of `sandpit agent`. Returns the process exit code.
 pub fn main() -> i32 {
+    // Not dumpable: tracing this process, reading or writing its memory (/proc/1/mem,
+    // process_vm_*), taking its descriptors (pidfd_getfd, /proc/1/fd) then need
+    // CAP_SYS_PTRACE over the sandbox's user namespace, which no process of the sandbox has
+    // (the jail dropped it from the bounding set; new user namespaces are refused). Signals
+    // from inside reach PID 1 only for the ones it handles (SIGCHLD). Nothing of the sandbox
+    // runs yet: the agent is the first process of a fresh pid namespace.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        eprintln!(
+            "sandpit agent: cannot make the agent undumpable: {}",
+            std::io::Error::last_os_error()
+        );
+        return 1;
+    }
+    log::capture();
     let fd: i32 = match std::env::var("SANDPIT_AGENT_FD")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1,5 +1,11 @@
 //! The server's side of the agent protocol: a small pool of Unix socket connections per
 //! sandbox, and typed calls for exec and files.
+//!
+//! No call waits on the agent without a deadline. Every reply is awaited under a [`Watch`]:
+//! while the agent is silent it is pinged on a fresh connection every few seconds, and one
+//! that does not answer a ping (or a call that passes its own limit: the command's timeout
+//! plus a grace, or [`CALL_LIMIT`]) ends the call `sandbox_unavailable` and marks the agent
+//! suspect, so that the next call checks it and restarts the sandbox if it stays silent.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +27,28 @@ use crate::CoreError;
 /// Idle connections kept per sandbox.
 const POOL_SIZE: usize = 4;
 
+/// Silence of the agent after which it is pinged.
+const QUIET: Duration = Duration::from_secs(5);
+/// How long a ping may take to be answered.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a call with a single reply may take (a recursive remove of a huge tree).
+pub const CALL_LIMIT: Duration = Duration::from_secs(300);
+/// Added to a command's (or wait's) own timeout before the server gives up on the agent.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// How long the server waits for the reply to `req` (the whole stream for an exec).
+fn limit_of(req: &Request) -> Option<Duration> {
+    let after = |ms: u64| Duration::from_millis(ms).saturating_add(GRACE);
+    match req {
+        Request::Exec(spec) => spec.timeout_ms.map(after),
+        Request::RunCode { timeout_ms, .. } => Some(after(*timeout_ms)),
+        Request::ProcWait { timeout_ms, .. } | Request::ProcWaitPort { timeout_ms, .. } => {
+            Some(after(*timeout_ms))
+        }
+        _ => Some(CALL_LIMIT),
+    }
+}
+
 pub struct AgentClient {
     id: String,
     socket: PathBuf,
@@ -38,6 +66,9 @@ struct Ends {
     /// Set when the sandbox is deleted: calls cut by it, and calls that would start it
     /// again, end `Interrupted`.
     deleted: AtomicBool,
+    /// Set when the agent failed a liveness check or a call's limit passed: the next call
+    /// pings it first (and restarts the sandbox when it stays silent).
+    suspect: AtomicBool,
 }
 
 impl Ends {
@@ -69,6 +100,87 @@ fn give_back(pool: &Pool, conn: UnixStream) {
     }
 }
 
+/// What a call needs to tell a busy agent from a silent one; cloned into stream tasks.
+#[derive(Clone)]
+struct Watch {
+    id: String,
+    socket: PathBuf,
+    ends: Arc<Ends>,
+    /// `ends.sleeps` when the call began.
+    at: u64,
+}
+
+impl Watch {
+    /// Pings the agent on a connection of its own.
+    async fn probe(&self) -> Result<(), String> {
+        let once = async {
+            let short =
+                sandpit_runtime::sockpath::shorten(&self.socket).map_err(|e| e.to_string())?;
+            let mut conn = UnixStream::connect(&short.path)
+                .await
+                .map_err(|e| e.to_string())?;
+            write_json(&mut conn, &Request::Ping)
+                .await
+                .map_err(|e| e.to_string())?;
+            match read_json::<_, Reply>(&mut conn).await {
+                Ok(Reply::Pong { .. }) => Ok(()),
+                Ok(other) => Err(format!("unexpected answer to a ping: {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        tokio::time::timeout(PING_TIMEOUT, once)
+            .await
+            .map_err(|_| format!("no answer to a ping within {} s", PING_TIMEOUT.as_secs()))?
+    }
+
+    /// A failed call: the agent is suspect from now on.
+    fn silent(&self, what: String) -> CoreError {
+        self.ends.suspect.store(true, Ordering::SeqCst);
+        self.ends.lost(&self.id, self.at, what)
+    }
+
+    /// Awaits `fut` (a read from the agent) while the agent answers pings, for at most
+    /// `limit`. `fut` is polled to its end, never dropped half-way, unless the call fails.
+    async fn reply<T, F>(&self, fut: F, limit: Option<Duration>) -> Result<T, CoreError>
+    where
+        F: std::future::Future<Output = Result<T, ProtoError>>,
+    {
+        tokio::pin!(fut);
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        loop {
+            tokio::select! {
+                r = &mut fut => {
+                    return r.map_err(|e| {
+                        if self.ends.deleted.load(Ordering::SeqCst) {
+                            AgentClient::deleted_error(&self.id)
+                        } else {
+                            CoreError::unavailable(&self.id, format!("agent connection failed: {e}"))
+                        }
+                    })
+                }
+                _ = tokio::time::sleep(QUIET) => {
+                    if let Err(e) = self.probe().await {
+                        return Err(self.silent(format!("the agent stopped answering ({e})")));
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    let secs = limit.map_or(0, |l| l.as_secs());
+                    return Err(self.silent(format!(
+                        "the agent did not answer within {secs} s"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A stream of file bytes coming out of a sandbox.
 pub type ByteStream = mpsc::Receiver<Result<Bytes, CoreError>>;
 
@@ -90,6 +202,20 @@ impl AgentClient {
 
     pub fn is_deleted(&self) -> bool {
         self.ends.deleted.load(Ordering::SeqCst)
+    }
+
+    /// Whether the agent failed a liveness check since it last answered a ping.
+    pub fn is_suspect(&self) -> bool {
+        self.ends.suspect.load(Ordering::SeqCst)
+    }
+
+    fn watch(&self) -> Watch {
+        Watch {
+            id: self.id.clone(),
+            socket: self.socket.clone(),
+            ends: self.ends.clone(),
+            at: self.ends.sleeps(),
+        }
     }
 
     /// What a call that found its sandbox deleted ends with.
@@ -139,7 +265,10 @@ impl AgentClient {
     /// Reads the agent's answer to a request that ends in `Ok` or its error; the connection
     /// goes back to the pool.
     async fn verdict(&self, mut conn: UnixStream) -> Result<(), CoreError> {
-        let reply: Reply = read_json(&mut conn).await.map_err(|e| self.broken(e))?;
+        let reply: Reply = self
+            .watch()
+            .reply(read_json(&mut conn), Some(CALL_LIMIT))
+            .await?;
         self.give_back(conn);
         match reply {
             Reply::Ok => Ok(()),
@@ -178,17 +307,22 @@ impl AgentClient {
 
     /// A request with a single reply. A stale pooled connection is retried once, fresh.
     pub async fn call(&self, req: &Request) -> Result<Reply, CoreError> {
+        let watch = self.watch();
+        let limit = limit_of(req);
         let mut conn = self.send(req).await?;
-        let reply = match read_json::<_, Reply>(&mut conn).await {
+        let reply = match watch.reply(read_json::<_, Reply>(&mut conn), limit).await {
             Ok(r) => r,
-            Err(_) => {
+            Err(e @ CoreError::Unavailable { .. }) if !self.is_suspect() => {
+                // A stale pooled connection: once more on a fresh one.
+                let _ = e;
                 let mut fresh = self.connect().await?;
                 write_json(&mut fresh, req)
                     .await
                     .map_err(|e| self.broken(e))?;
                 conn = fresh;
-                read_json(&mut conn).await.map_err(|e| self.broken(e))?
+                watch.reply(read_json(&mut conn), limit).await?
             }
+            Err(e) => return Err(e),
         };
         self.give_back(conn);
         match reply {
@@ -198,21 +332,36 @@ impl AgentClient {
     }
 
     /// Checks that the agent answers and speaks our protocol.
+    /// A silent agent fails it within [`PING_TIMEOUT`]; an answer clears the suspicion.
     pub async fn ping(&self) -> Result<(), CoreError> {
-        let mut conn = self.connect().await?;
-        write_json(&mut conn, &Request::Ping)
-            .await
-            .map_err(|e| self.broken(e))?;
-        match read_json::<_, Reply>(&mut conn)
-            .await
-            .map_err(|e| self.broken(e))?
-        {
-            Reply::Pong { version, .. } if version == PROTOCOL_VERSION => {
-                self.give_back(conn);
-                Ok(())
+        let once = async {
+            let mut conn = self.connect().await?;
+            write_json(&mut conn, &Request::Ping)
+                .await
+                .map_err(|e| self.broken(e))?;
+            match read_json::<_, Reply>(&mut conn)
+                .await
+                .map_err(|e| self.broken(e))?
+            {
+                Reply::Pong { version, .. } if version == PROTOCOL_VERSION => {
+                    self.give_back(conn);
+                    Ok(())
+                }
+                other => Err(self.broken(format!("unexpected answer to ping: {other:?}"))),
             }
-            other => Err(self.broken(format!("unexpected answer to ping: {other:?}"))),
+        };
+        let r = tokio::time::timeout(PING_TIMEOUT, once)
+            .await
+            .unwrap_or_else(|_| {
+                Err(self.broken(format!(
+                    "no answer to a ping within {} s",
+                    PING_TIMEOUT.as_secs()
+                )))
+            });
+        if r.is_ok() {
+            self.ends.suspect.store(false, Ordering::SeqCst);
         }
+        r
     }
 
     /// Starts a command; events arrive on the returned channel, the last one `Exited`.
@@ -241,7 +390,11 @@ impl AgentClient {
         kill_on_disconnect: bool,
         guard: G,
     ) -> Result<mpsc::Receiver<Result<ExecEvent, CoreError>>, CoreError> {
-        let at = self.ends.sleeps();
+        let watch = self.watch();
+        let limit = limit_of(&req);
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        let left =
+            move || deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         let send_stdin = |mut conn: UnixStream| {
             let stdin = stdin.clone();
             async move {
@@ -256,16 +409,17 @@ impl AgentClient {
         let mut conn = send_stdin(self.send(&req).await?).await?;
         // The first frame tells whether the command started; a dead pooled connection shows
         // here, before anything ran, so it is safe to retry on a fresh one.
-        let first = match read_frame(&mut conn).await {
+        let first = match watch.reply(read_frame(&mut conn), left()).await {
             Ok(f) => f,
-            Err(_) => {
+            Err(CoreError::Unavailable { .. }) if !self.is_suspect() => {
                 let mut fresh = self.connect().await?;
                 write_json(&mut fresh, &req)
                     .await
                     .map_err(|e| self.broken(e))?;
                 conn = send_stdin(fresh).await?;
-                read_frame(&mut conn).await.map_err(|e| self.broken(e))?
+                watch.reply(read_frame(&mut conn), left()).await?
             }
+            Err(e) => return Err(e),
         };
 
         let first = match first {
@@ -280,14 +434,13 @@ impl AgentClient {
         };
         let (tx, rx) = mpsc::channel(64);
         let id = self.id.clone();
-        let ends = self.ends.clone();
         let _ = tx.send(Ok(first)).await;
         let pool = self.idle.clone();
         tokio::spawn(async move {
             let _guard = guard;
             loop {
                 let frame = tokio::select! {
-                    f = read_frame(&mut conn) => f,
+                    f = watch.reply(read_frame(&mut conn), left()) => f,
                     // The client left and asked for its command to die with it.
                     _ = tx.closed(), if kill_on_disconnect => return,
                 };
@@ -311,14 +464,13 @@ impl AgentClient {
                         }
                     },
                     Ok(_) => continue,
+                    Err(CoreError::Unavailable { message, .. }) => {
+                        let what = format!("lost the agent during exec: {message}");
+                        let _ = tx.send(Err(watch.ends.lost(&id, watch.at, what))).await;
+                        return;
+                    }
                     Err(e) => {
-                        let _ = tx
-                            .send(Err(ends.lost(
-                                &id,
-                                at,
-                                format!("lost the agent during exec: {e}"),
-                            )))
-                            .await;
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
                 };
@@ -340,20 +492,24 @@ impl AgentClient {
         path: &str,
         guard: G,
     ) -> Result<(u64, ByteStream), CoreError> {
-        let at = self.ends.sleeps();
+        let watch = self.watch();
         let req = Request::ReadFile {
             path: path.to_string(),
         };
         let mut conn = self.send(&req).await?;
-        let reply = match read_json::<_, Reply>(&mut conn).await {
+        let reply = match watch
+            .reply(read_json::<_, Reply>(&mut conn), Some(CALL_LIMIT))
+            .await
+        {
             Ok(r) => r,
-            Err(_) => {
+            Err(CoreError::Unavailable { .. }) if !self.is_suspect() => {
                 conn = self.connect().await?;
                 write_json(&mut conn, &req)
                     .await
                     .map_err(|e| self.broken(e))?;
-                read_json(&mut conn).await.map_err(|e| self.broken(e))?
+                watch.reply(read_json(&mut conn), Some(CALL_LIMIT)).await?
             }
+            Err(e) => return Err(e),
         };
         let size = match reply {
             Reply::FileInfo { size } => size,
@@ -366,11 +522,12 @@ impl AgentClient {
         let (tx, rx) = mpsc::channel(8);
         let id = self.id.clone();
         let pool = self.idle.clone();
-        let ends = self.ends.clone();
         tokio::spawn(async move {
             let _guard = guard;
             loop {
-                match read_frame(&mut conn).await {
+                // A download has no limit of its own (the client sets the pace); a silent
+                // agent still ends it.
+                match watch.reply(read_frame(&mut conn), None).await {
                     Ok(Frame::Data(_, d)) => {
                         if tx.send(Ok(Bytes::from(d))).await.is_err() {
                             return; // the client went away; drop the connection mid-file
@@ -381,9 +538,8 @@ impl AgentClient {
                         return;
                     }
                     Ok(Frame::Json(_)) | Err(_) => {
-                        let _ = tx
-                            .send(Err(ends.lost(&id, at, "file read interrupted".into())))
-                            .await;
+                        let what = "file read interrupted".to_string();
+                        let _ = tx.send(Err(watch.ends.lost(&id, watch.at, what))).await;
                         return;
                     }
                 }
@@ -496,16 +652,18 @@ impl AgentClient {
             stderr_offset: offsets.1,
             max_bytes,
         };
+        let watch = self.watch();
         let mut conn = self.send(&req).await?;
-        let reply: Reply = match read_json(&mut conn).await {
+        let reply: Reply = match watch.reply(read_json(&mut conn), Some(CALL_LIMIT)).await {
             Ok(r) => r,
-            Err(_) => {
+            Err(CoreError::Unavailable { .. }) if !self.is_suspect() => {
                 conn = self.connect().await?;
                 write_json(&mut conn, &req)
                     .await
                     .map_err(|e| self.broken(e))?;
-                read_json(&mut conn).await.map_err(|e| self.broken(e))?
+                watch.reply(read_json(&mut conn), Some(CALL_LIMIT)).await?
             }
+            Err(e) => return Err(e),
         };
         let (stdout_offset, stderr_offset, running, exit_code) = match reply {
             Reply::Logs {
@@ -521,12 +679,18 @@ impl AgentClient {
             other => return Err(unexpected(&self.id, Ok(other))),
         };
         let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        let stdout = read_all_data(&mut conn, Channel::Stdout, max)
-            .await
-            .map_err(|e| self.broken(e))?;
-        let stderr = read_all_data(&mut conn, Channel::Stderr, max)
-            .await
-            .map_err(|e| self.broken(e))?;
+        let stdout = watch
+            .reply(
+                read_all_data(&mut conn, Channel::Stdout, max),
+                Some(CALL_LIMIT),
+            )
+            .await?;
+        let stderr = watch
+            .reply(
+                read_all_data(&mut conn, Channel::Stderr, max),
+                Some(CALL_LIMIT),
+            )
+            .await?;
         self.give_back(conn);
         Ok(LogChunk {
             stdout,
@@ -562,9 +726,10 @@ impl AgentClient {
         write_json(&mut conn, &Request::Pty { spec, cols, rows })
             .await
             .map_err(|e| self.broken(e))?;
-        match read_json::<_, Reply>(&mut conn)
-            .await
-            .map_err(|e| self.broken(e))?
+        match self
+            .watch()
+            .reply(read_json::<_, Reply>(&mut conn), Some(CALL_LIMIT))
+            .await?
         {
             Reply::Started { .. } => {}
             Reply::Error(e) => return Err(CoreError::Agent(e)),
@@ -578,6 +743,7 @@ impl AgentClient {
 /// An archive streaming out of a sandbox (see `Request::Archive`).
 pub struct ArchiveReader {
     id: String,
+    watch: Watch,
     /// `None` once the archive was read to its end (the connection went back to the pool).
     conn: Option<UnixStream>,
     pool: Pool,
@@ -594,7 +760,12 @@ impl ArchiveReader {
             return Ok(None);
         };
         loop {
-            match read_frame(conn).await.map_err(|e| lost(&e))? {
+            let frame = self
+                .watch
+                .reply(read_frame(conn), Some(CALL_LIMIT))
+                .await
+                .map_err(|e| lost(&e))?;
+            match frame {
                 Frame::Data(Channel::Stdout, d) => return Ok(Some(Bytes::from(d))),
                 Frame::End(Channel::Stdout) => {}
                 Frame::Json(body) => {
@@ -626,22 +797,28 @@ impl AgentClient {
             root: root.to_string(),
             excludes: excludes.to_vec(),
         };
+        let watch = self.watch();
         let mut conn = self.send(&req).await?;
-        let reply = match read_json::<_, Reply>(&mut conn).await {
+        let reply = match watch
+            .reply(read_json::<_, Reply>(&mut conn), Some(CALL_LIMIT))
+            .await
+        {
             Ok(r) => r,
-            Err(_) => {
+            Err(CoreError::Unavailable { .. }) if !self.is_suspect() => {
                 conn = self.connect().await?;
                 write_json(&mut conn, &req)
                     .await
                     .map_err(|e| self.broken(e))?;
-                read_json(&mut conn).await.map_err(|e| self.broken(e))?
+                watch.reply(read_json(&mut conn), Some(CALL_LIMIT)).await?
             }
+            Err(e) => return Err(e),
         };
         match reply {
             Reply::Ok => Ok(ArchiveReader {
                 id: self.id.clone(),
                 conn: Some(conn),
                 pool: self.idle.clone(),
+                watch,
             }),
             Reply::Error(e) => {
                 self.give_back(conn);
@@ -699,9 +876,10 @@ impl AgentClient {
             .map_err(|e| self.broken(e))?;
         // read_json reads exactly one frame off the unbuffered stream: every byte after it
         // is the tunnel's.
-        match read_json::<_, Reply>(&mut conn)
-            .await
-            .map_err(|e| self.broken(e))?
+        match self
+            .watch()
+            .reply(read_json::<_, Reply>(&mut conn), Some(CALL_LIMIT))
+            .await?
         {
             Reply::Ok => Ok(conn),
             Reply::Error(e) => Err(CoreError::Agent(e)),

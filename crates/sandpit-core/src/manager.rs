@@ -334,8 +334,14 @@ impl SandboxManager {
         };
         if status == Status::Running {
             if let Some(l) = launched {
-                if self.runtime.is_alive(&l) && h.agent.ping().await.is_ok() {
-                    return Ok(());
+                if self.runtime.is_alive(&l) {
+                    match h.agent.ping().await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => tracing::warn!(
+                            sandbox = %h.record().id, error = %e,
+                            "the agent runs but does not answer: restarting the sandbox"
+                        ),
+                    }
                 }
             }
         }
@@ -976,7 +982,10 @@ impl SandboxManager {
         let healthy = {
             let _life = h.life.lock().await;
             let r = h.record();
-            r.status == Status::Running && r.launched.is_some_and(|l| self.runtime.is_alive(&l))
+            r.status == Status::Running
+                && r.launched.is_some_and(|l| self.runtime.is_alive(&l))
+                // An agent that went silent is pinged (and the sandbox restarted) first.
+                && !h.agent.is_suspect()
         };
         if !healthy {
             self.ensure_running(&h).await?;

@@ -5,27 +5,35 @@
 //! Process chain: the jail process (host) forks a child that unshares the namespaces, the host
 //! side writes the child's uid/gid maps, the child forks the sandbox's init (PID 1 of the new
 //! pid namespace), which finishes the mounts, pivots into the sandbox root, drops
-//! capabilities, installs seccomp and execs `/.sandpit/sandpit agent`. The jail and the child
-//! then exit, so the sandbox belongs to nobody's process tree but init's and outlives the server.
+//! capabilities, installs seccomp and execs the agent (`sandpit agent`) from a descriptor of
+//! the host's binary, which is never visible inside. The jail and the child then exit, so the
+//! sandbox belongs to nobody's process tree but init's and outlives the server.
+//!
+//! The sandbox's root directory (`rootfs/`) is the sandbox's to write, between two starts as
+//! much as while it runs, so everything the jail does in it goes through directory
+//! descriptors that refuse symlinks ([`crate::beneath`]) and mounts attached to descriptors
+//! ([`crate::mountfd`]): no path inside it is ever resolved by name, as host root or
+//! otherwise. What the host keeps for itself (the socket, the log, records) lives next to
+//! `rootfs/` in the sandbox directory, which only the host may enter (mode 0700).
 
 use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{
-    chdir, chown, fork, pivot_root, sethostname, setresgid, setresuid, ForkResult, Gid, Pid, Uid,
+    chdir, fchdir, fork, pivot_root, sethostname, setresgid, setresuid, ForkResult, Gid, Pid, Uid,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::Launched;
+use crate::beneath::Dir;
+use crate::{mountfd, Launched};
 
 /// Host directories that make up the default base, bound read-only (or recreated as the same
 /// symlink, on merged-/usr systems).
@@ -46,7 +54,8 @@ pub struct JailConfig {
     pub id: String,
     /// Holds `rootfs/`, `agent.sock` and `agent.log`.
     pub sandbox_dir: PathBuf,
-    /// The `sandpit` binary, bound read-only to `/.sandpit/sandpit`.
+    /// The `sandpit` binary: opened by the jail and executed from that descriptor as the
+    /// agent, so no path inside the sandbox names it.
     pub agent_binary: PathBuf,
     /// Host uid and gid that root inside maps to, and how many ids are mapped.
     pub host_uid: u32,
@@ -144,6 +153,14 @@ fn launch(cfg: &JailConfig) -> Fallible<Launched> {
         ));
     }
     prepare_rootfs(cfg)?;
+    let agent = ctx(
+        nix::fcntl::open(
+            &cfg.agent_binary,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ),
+        || format!("opening the agent binary {}", cfg.agent_binary.display()),
+    )?;
     if cfg.network.egress {
         ctx(
             fs::write(
@@ -174,7 +191,7 @@ fn launch(cfg: &JailConfig) -> Fallible<Launched> {
     let mut ready = false;
     fork_with_id_maps(
         cfg,
-        |h| child(cfg, h, &listener, &log),
+        |h| child(cfg, h, &listener, &log, &agent),
         |line| {
             if let Some(pid) = line.strip_prefix("P ") {
                 init = pid.parse().ok();
@@ -380,6 +397,7 @@ fn child(
     h: &mut Handshake,
     listener: &UnixListener,
     log: &fs::File,
+    agent: &OwnedFd,
 ) -> Fallible<()> {
     let rest = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNET
@@ -416,6 +434,11 @@ fn child(
             "unshare(pid, net, uts, ipc, cgroup)".into()
         })?;
     }
+    // Descriptors name mounts of the namespace they were opened in; unshare moved the
+    // working directory (left at the root by host_mounts) into the new one.
+    let root = ctx(Dir::open_host(Path::new(".")), || {
+        "opening the sandbox root".into()
+    })?;
     // SAFETY: still single-threaded; see `fork_with_id_maps`.
     match unsafe { fork() } {
         Err(e) => Err(format!("fork of init: {e}")),
@@ -426,7 +449,7 @@ fn child(
             Ok(())
         }
         Ok(ForkResult::Child) => {
-            let err = match init(cfg, &h.status, listener, log) {
+            let err = match init(cfg, &h.status, listener, log, root, agent) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -457,8 +480,10 @@ fn become_root(privileged: bool) -> Fallible<()> {
     )
 }
 
-/// Binds the host's system directories, the agent binary and device nodes into the rootfs,
-/// and leaves the working directory at the rootfs (later steps use relative paths only).
+/// Binds the host's system directories and device nodes into the rootfs, every mount
+/// attached to a descriptor opened beneath it, and leaves the working directory at the root
+/// of the sandbox's tree: a bind of `rootfs/` onto itself (pivot_root needs a mount point),
+/// below which the other mounts go.
 fn host_mounts(cfg: &JailConfig) -> Fallible<()> {
     let rootfs = cfg.rootfs();
     ctx(
@@ -471,53 +496,56 @@ fn host_mounts(cfg: &JailConfig) -> Fallible<()> {
         ),
         || "making / private".into(),
     )?;
-    ctx(
-        mount(
-            Some(&rootfs),
-            &rootfs,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ),
-        || format!("binding {}", rootfs.display()),
-    )?;
-    ctx(chdir(&rootfs), || format!("chdir {}", rootfs.display()))?;
+    let below = ctx(Dir::open_host(&rootfs), || {
+        format!("opening {}", rootfs.display())
+    })?;
+    let root = stack_on_itself(&below)
+        .map_err(|e| format!("binding {} onto itself: {e}", rootfs.display()))?;
+    let open = |rel: &str| ctx(root.open_dir(rel), || format!("opening /{rel}"));
     for dir in BASE_DIRS {
         let host = Path::new(dir);
         let Ok(meta) = fs::symlink_metadata(host) else {
             continue;
         };
         if meta.is_dir() {
-            bind_ro(host, &relative(dir))?;
+            let target = open(dir.trim_start_matches('/'))?;
+            ctx(mountfd::bind_ro(host, target.fd()), || {
+                format!("binding {dir}")
+            })?;
         }
     }
-    bind_ro(&cfg.agent_binary, Path::new(".sandpit/sandpit"))?;
-    let resolv = Path::new("etc/resolv.conf");
-    if cfg.network.egress && fs::symlink_metadata(resolv).is_ok_and(|m| m.is_file()) {
-        bind_ro(&cfg.resolv_conf(), resolv)?;
+    if cfg.network.egress {
+        // Over the host's own /etc/resolv.conf when it is a file (not a symlink).
+        let etc = open("etc")?;
+        if let Ok(target) = etc.open_path("resolv.conf") {
+            let is_file = nix::sys::stat::fstat(target.as_fd())
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+            if is_file {
+                ctx(mountfd::bind_ro(&cfg.resolv_conf(), target.as_fd()), || {
+                    "binding /etc/resolv.conf".into()
+                })?;
+            }
+        }
     }
+    let dev_point = open("dev")?;
     ctx(
         mount(
             Some("tmpfs"),
-            "dev",
+            &dev_point.proc_path(),
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             Some("mode=755,size=1m,nr_inodes=256"),
         ),
         || "mounting /dev".into(),
     )?;
-    for dev in DEVICES {
-        let target = Path::new("dev").join(dev);
-        ctx(fs::File::create(&target), || format!("creating /dev/{dev}"))?;
+    drop(dev_point);
+    // The tmpfs just mounted, not the directory below it.
+    let dev = open("dev")?;
+    for name in DEVICES {
+        let target = ctx(dev.ensure_file(name), || format!("creating /dev/{name}"))?;
         ctx(
-            mount(
-                Some(&Path::new("/dev").join(dev)),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
-            || format!("binding /dev/{dev}"),
+            mountfd::bind(&Path::new("/dev").join(name), target.as_fd()),
+            || format!("binding /dev/{name}"),
         )?;
     }
     for (link, target) in [
@@ -527,54 +555,24 @@ fn host_mounts(cfg: &JailConfig) -> Fallible<()> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        ctx(symlink(target, Path::new("dev").join(link)), || {
+        ctx(dev.ensure_symlink(Path::new(target), link), || {
             format!("/dev/{link}")
         })?;
     }
     for dir in ["pts", "shm"] {
-        ctx(fs::create_dir(Path::new("dev").join(dir)), || {
+        ctx(dev.ensure_dir(dir, 0o755, None, false), || {
             format!("/dev/{dir}")
         })?;
     }
-    Ok(())
+    ctx(fchdir(root.fd()), || "entering the sandbox root".into())
 }
 
-fn relative(abs: &str) -> PathBuf {
-    PathBuf::from(abs.trim_start_matches('/'))
-}
-
-/// Binds `src` onto `dst` read-only, keeping the flags the kernel insists stay locked.
-fn bind_ro(src: &Path, dst: &Path) -> Fallible<()> {
-    ctx(
-        mount(
-            Some(src),
-            dst,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ),
-        || format!("binding {}", src.display()),
-    )?;
-    let mut flags =
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
-    if let Ok(st) = statvfs(dst) {
-        let f = st.flags();
-        for (fs_flag, ms_flag) in [
-            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-        ] {
-            if f.contains(fs_flag) {
-                flags |= ms_flag;
-            }
-        }
-    }
-    ctx(
-        mount(None::<&str>, dst, None::<&str>, flags, None::<&str>),
-        || format!("making {} read-only", dst.display()),
-    )
+/// Binds the tree at `dir` (with every mount below it) onto `dir` itself and opens the root
+/// of that new mount.
+fn stack_on_itself(dir: &Dir) -> std::io::Result<Dir> {
+    let tree = mountfd::clone_tree_at(dir.fd())?;
+    mountfd::attach(tree.as_fd(), dir.fd())?;
+    Dir::from_fd(tree).open_dir(".")
 }
 
 /// PID 1 of the sandbox: finishes the mounts, pivots, drops privileges, execs the agent.
@@ -583,25 +581,26 @@ fn init(
     status: &fs::File,
     listener: &UnixListener,
     log: &fs::File,
+    root: Dir,
+    agent: &OwnedFd,
 ) -> Fallible<std::convert::Infallible> {
-    if cfg.privileged {
+    let root = if cfg.privileged {
         // pivot_root refuses a new root that is locked, as every mount made by host root is
-        // here: stack an own bind of it on top and step onto that through the parent.
-        ctx(
-            mount(
-                Some("."),
-                ".",
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            ),
-            || "re-binding the root".into(),
-        )?;
-        ctx(chdir("../rootfs"), || "entering the re-bound root".into())?;
-    }
+        // here: stack an own bind of it on top and step onto that.
+        ctx(stack_on_itself(&root), || "re-binding the root".into())?
+    } else {
+        root
+    };
+    let open = |rel: &str| ctx(root.open_dir(rel), || format!("opening /{rel}"));
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     ctx(
-        mount(Some("proc"), "proc", Some("proc"), nodev, None::<&str>),
+        mount(
+            Some("proc"),
+            &open("proc")?.proc_path(),
+            Some("proc"),
+            nodev,
+            None::<&str>,
+        ),
         || "mounting /proc".into(),
     )?;
     let pts_opts = if cfg.privileged {
@@ -612,7 +611,7 @@ fn init(
     ctx(
         mount(
             Some("devpts"),
-            "dev/pts",
+            &open("dev/pts")?.proc_path(),
             Some("devpts"),
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             Some(pts_opts),
@@ -622,7 +621,7 @@ fn init(
     ctx(
         mount(
             Some("shm"),
-            "dev/shm",
+            &open("dev/shm")?.proc_path(),
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=1777,size=64m"),
@@ -633,6 +632,8 @@ fn init(
     if !cfg.host_owned_net() {
         loopback_up()?;
     }
+    ctx(fchdir(root.fd()), || "entering the root".into())?;
+    drop(root);
     ctx(pivot_root(".", "."), || "pivot_root".into())?;
     ctx(umount2(".", MntFlags::MNT_DETACH), || {
         "detaching the host root".into()
@@ -643,6 +644,7 @@ fn init(
     let listener_fd = high_dup(listener.as_raw_fd())?;
     let log_fd = high_dup(log.as_raw_fd())?;
     let null_fd = high_dup(devnull.as_raw_fd())?;
+    let agent_fd = high_dup(agent.as_raw_fd())?;
     for (from, to) in [(null_fd, 0), (log_fd, 1), (log_fd, 2), (listener_fd, 3)] {
         // SAFETY: plain descriptor juggling on descriptors this process owns.
         if unsafe { libc::dup2(from, to) } < 0 {
@@ -667,7 +669,6 @@ fn init(
     crate::seccomp::install(&filters).map_err(|e| e.to_string())?;
 
     ctx(say(status, "R"), || "reporting readiness".into())?;
-    let prog = CString::new("/.sandpit/sandpit").map_err(|e| e.to_string())?;
     let args = [c"sandpit".to_owned(), c"agent".to_owned()];
     let env: Vec<CString> = [
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
@@ -678,7 +679,11 @@ fn init(
     .into_iter()
     .filter_map(|s| CString::new(s).ok())
     .collect();
-    let err = nix::unistd::execve(&prog, &args, &env).err();
+    // SAFETY: the descriptor is ours (a high duplicate, close-on-exec: the agent, an ELF
+    // binary, needs no path to itself).
+    let agent = unsafe { std::os::fd::BorrowedFd::borrow_raw(agent_fd) };
+    let err =
+        nix::unistd::execveat(agent, c"", &args, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH).err();
     Err(format!("exec of the agent: {err:?}"))
 }
 
@@ -761,73 +766,72 @@ fn bind_socket(cfg: &JailConfig) -> Fallible<UnixListener> {
     Ok(listener)
 }
 
-/// Creates the sandbox's root directory skeleton (idempotent: a restart reuses it).
+/// Creates the sandbox directory (the host's only: mode 0700) and the skeleton of its root
+/// (idempotent: a restart reuses it). Mount points are repaired into real directories when
+/// the sandbox replaced them; the sandbox's own directories (`/tmp`, `/var`, ...) are made
+/// when missing and otherwise left as the sandbox made them, nothing ever made through a
+/// symlink it left.
 fn prepare_rootfs(cfg: &JailConfig) -> Fallible<()> {
-    let root = cfg.rootfs();
-    let owner = cfg
-        .privileged
-        .then(|| (Uid::from_raw(cfg.host_uid), Gid::from_raw(cfg.host_gid)));
-    let mkdir = |rel: &str, mode: u32, owned: bool| -> Fallible<()> {
-        let p = if rel.is_empty() {
-            root.clone()
-        } else {
-            root.join(rel)
-        };
-        if p.symlink_metadata().is_ok() {
-            return Ok(());
-        }
-        ctx(fs::create_dir(&p), || format!("mkdir {}", p.display()))?;
-        ctx(
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode)),
-            || format!("chmod {}", p.display()),
-        )?;
-        if let (true, Some((u, g))) = (owned, owner) {
-            ctx(chown(&p, Some(u), Some(g)), || {
-                format!("chown {}", p.display())
-            })?;
-        }
-        Ok(())
-    };
-    ctx(fs::create_dir_all(&cfg.sandbox_dir), || {
-        format!("mkdir {}", cfg.sandbox_dir.display())
+    let owner = cfg.privileged.then_some((cfg.host_uid, cfg.host_gid));
+    let dir = &cfg.sandbox_dir;
+    ctx(fs::create_dir_all(dir), || {
+        format!("mkdir {}", dir.display())
     })?;
-    mkdir("", 0o755, true)?;
+    ctx(
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)),
+        || format!("chmod {}", dir.display()),
+    )?;
+    let rootfs = cfg.rootfs();
+    let fresh = match fs::create_dir(&rootfs) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(format!("mkdir {}: {e}", rootfs.display())),
+    };
+    let root = ctx(Dir::open_host(&rootfs), || {
+        format!("opening {}", rootfs.display())
+    })?;
+    if fresh {
+        ctx(root.set_owner_mode(owner, 0o755), || {
+            format!("chown {}", rootfs.display())
+        })?;
+    }
+    let what = |rel: &'static str| move || format!("preparing /{rel} of the sandbox");
     for dir in BASE_DIRS {
         let rel = dir.trim_start_matches('/');
         match fs::symlink_metadata(dir) {
             Ok(m) if m.file_type().is_symlink() => {
                 let target = ctx(fs::read_link(dir), || format!("readlink {dir}"))?;
-                let link = root.join(rel);
-                if link.symlink_metadata().is_err() {
-                    ctx(symlink(&target, &link), || {
-                        format!("symlink {}", link.display())
-                    })?;
-                }
+                ctx(root.ensure_symlink(&target, rel), what(rel))?;
             }
-            Ok(m) if m.is_dir() => mkdir(rel, 0o755, false)?,
+            Ok(m) if m.is_dir() => drop(ctx(root.ensure_dir(rel, 0o755, None, true), what(rel))?),
             _ => {}
         }
     }
-    for (rel, mode, owned) in [
-        ("proc", 0o555, false),
-        ("dev", 0o755, false),
-        (".sandpit", 0o755, false),
-        ("tmp", 0o1777, true),
-        ("workspace", 0o755, true),
-        ("root", 0o700, true),
-        ("home", 0o755, true),
-        ("run", 0o755, true),
-        ("mnt", 0o755, true),
-        ("var", 0o755, true),
-        ("var/tmp", 0o1777, true),
-    ] {
-        mkdir(rel, mode, owned)?;
+    for (rel, mode) in [("proc", 0o555), ("dev", 0o755)] {
+        drop(ctx(root.ensure_dir(rel, mode, None, true), what(rel))?);
     }
-    let agent = root.join(".sandpit/sandpit");
-    if agent.symlink_metadata().is_err() {
-        ctx(fs::File::create(&agent), || {
-            format!("creating {}", agent.display())
-        })?;
+    let own = |parent: &Dir, rel: &str, mode: u32| -> Fallible<Option<Dir>> {
+        match parent.ensure_dir(rel, mode, owner, false) {
+            Ok(d) => Ok(Some(d)),
+            // A symlink or a file the sandbox put there: its own business.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                Ok(None)
+            }
+            Err(e) => Err(format!("preparing /{rel} of the sandbox: {e}")),
+        }
+    };
+    for (rel, mode) in [
+        ("tmp", 0o1777),
+        ("workspace", 0o755),
+        ("root", 0o700),
+        ("home", 0o755),
+        ("run", 0o755),
+        ("mnt", 0o755),
+    ] {
+        own(&root, rel, mode)?;
+    }
+    if let Some(var) = own(&root, "var", 0o755)? {
+        own(&var, "tmp", 0o1777)?;
     }
     Ok(())
 }

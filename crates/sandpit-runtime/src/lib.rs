@@ -6,10 +6,12 @@
 //! (forking into namespaces, mounting, dropping privileges) happens in [`jail`], a separate
 //! short-lived process (`sandpit jail`), never inside the async server.
 
+pub mod beneath;
 pub mod cgroup;
 pub mod disk;
 mod hostname;
 pub mod jail;
+pub mod mountfd;
 mod native;
 pub mod net;
 pub mod seccomp;

@@ -512,30 +512,9 @@ impl Runtime for NativeRuntime {
     }
 }
 
-/// Sets the hostname of the UTS namespace of process `pid`, from a thread of its own (a
-/// namespace joined by `setns` is the thread's, and the thread ends right after).
-/// Removes a sandbox directory even where the sandbox made parts of it unwritable.
+/// Removes a sandbox directory (see [`crate::beneath::remove_tree`]).
 pub(crate) fn remove_tree(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => {}
-    }
-    fn open_up(p: &Path) {
-        if let Ok(meta) = p.symlink_metadata() {
-            if meta.is_dir() {
-                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
-                if let Ok(rd) = std::fs::read_dir(p) {
-                    for e in rd.flatten() {
-                        open_up(&e.path());
-                    }
-                }
-            }
-        }
-    }
-    open_up(dir);
-    std::fs::remove_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))
+    crate::beneath::remove_tree(dir)
 }
 
 #[cfg(test)]
