@@ -196,6 +196,8 @@ struct Defaults {
     keepalive_seconds: Option<u64>,
     timeout_ms: Option<u64>,
     max_output_bytes: Option<usize>,
+    /// Buffered command output the server may hold for all calls at once, in MiB.
+    max_buffered_output_mb: Option<u64>,
     memory_mb: Option<u64>,
     cpus: Option<f64>,
     pids: Option<u64>,
@@ -313,6 +315,11 @@ impl Config {
             },
             default_timeout_ms: d.timeout_ms.unwrap_or(base.default_timeout_ms),
             max_output_bytes: d.max_output_bytes.unwrap_or(base.max_output_bytes),
+            max_buffered_output_bytes: d
+                .max_buffered_output_mb
+                .map_or(base.max_buffered_output_bytes, |mb| {
+                    mb.saturating_mul(1024 * 1024)
+                }),
             reap_interval: Duration::from_secs(1),
             webhooks: self.webhooks.clone(),
             default_sleep_after_seconds: d

@@ -385,3 +385,197 @@ fn the_agent_log_is_the_agents_alone() {
     );
     assert_eq!(r.stdout.trim(), "0", "{r:?}");
 }
+
+/// Peak resident memory of a process, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+/// Twelve buffered execs at once, each with 10 MiB of control bytes on stdout and on stderr
+/// (120 MiB of JSON each): the server's memory stays near its budget, the runs that do not
+/// fit answer 503 `busy`, the ones that do are whole, and the server works on.
+#[test]
+fn buffered_output_is_bounded_by_the_servers_budget() {
+    let dir = tempfile::tempdir().expect("config dir");
+    let cfg = dir.path().join("sandpit.toml");
+    std::fs::write(&cfg, "[defaults]\nmax_buffered_output_mb = 300\n").expect("config");
+    let server = Server::start_with(ServerOpts {
+        args: vec!["--config".into(), cfg.display().to_string()],
+        ..ServerOpts::default()
+    });
+    let id = server.new_sandbox();
+    assert_contained(&server, &id);
+    let pid = server.pid().expect("server pid");
+    let before = peak_rss(pid);
+    let cmd = "head -c 10485760 /dev/zero | tr '\\0' '\\1'; head -c 10485760 /dev/zero | tr '\\0' '\\1' >&2";
+    let results: Vec<(u16, String, usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = server.exec_resp(&id, &json!({"command": cmd, "timeout_ms": 120000}));
+                    if r.status == 200 {
+                        let v = r.json();
+                        let len = |k: &str| v[k].as_str().map_or(0, str::len);
+                        (200, String::new(), len("stdout"), len("stderr"))
+                    } else {
+                        let v = r.json();
+                        (
+                            r.status,
+                            v["error"]["code"].as_str().unwrap_or("").to_string(),
+                            0,
+                            0,
+                        )
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let peak = peak_rss(pid);
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    for r in &results {
+        match r {
+            (200, _, out, err) => assert_eq!((*out, *err), (10485760, 10485760), "{r:?}"),
+            (503, code, ..) => assert_eq!(code, "busy", "{r:?}"),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(ok >= 1, "no run fitted: {results:?}");
+    assert!(
+        peak < before + 600 * 1024 * 1024,
+        "the server grew from {} MiB to {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    assert_eq!(server.run_ok(&id, "echo fine"), "fine\n");
+}
+
+#[test]
+fn sockets_of_other_address_families_are_refused() {
+    let server = Server::start();
+    let id = server.new_sandbox();
+    assert_contained(&server, &id);
+    let script = r#"
+import socket, errno
+out = []
+for name, fam, typ, proto in (
+    ('vsock', 40, socket.SOCK_STREAM, 0),
+    ('packet', 17, socket.SOCK_RAW, 0),
+    ('bluetooth', 31, socket.SOCK_STREAM, 0),
+    ('can', 29, socket.SOCK_RAW, 1),
+    ('alg', 38, socket.SOCK_SEQPACKET, 0),
+    ('netlink audit', 16, socket.SOCK_RAW, 9),
+    ('netlink uevent', 16, socket.SOCK_DGRAM, 15),
+    ('unix', 1, socket.SOCK_STREAM, 0),
+    ('inet', 2, socket.SOCK_STREAM, 0),
+    ('inet6', 10, socket.SOCK_DGRAM, 0),
+    ('netlink route', 16, socket.SOCK_RAW, 0),
+):
+    try:
+        socket.socket(fam, typ, proto).close(); out.append(name + ' ok')
+    except OSError as e:
+        out.append('%s %s' % (name, errno.errorcode.get(e.errno, e.errno)))
+print('\n'.join(out))
+"#;
+    let out = server.exec_json(&id, &json!({"argv": ["python3", "-c", script]}));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "vsock EAFNOSUPPORT",
+            "packet EAFNOSUPPORT",
+            "bluetooth EAFNOSUPPORT",
+            "can EAFNOSUPPORT",
+            "alg EAFNOSUPPORT",
+            "netlink audit EAFNOSUPPORT",
+            "netlink uevent EAFNOSUPPORT",
+            "unix ok",
+            "inet ok",
+            "inet6 ok",
+            "netlink route ok",
+        ],
+        "{out:?}"
+    );
+    // Route netlink still serves ip(8).
+    assert!(server.run_ok(&id, "ip -o link show lo").contains("lo"));
+}
+
+#[test]
+fn a_session_at_the_pids_limit_is_a_clear_429() {
+    let server = Server::start();
+    let id = server.create(&json!({"limits": {"pids": 16}}))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_contained(&server, &id);
+    // A background filler forks until the pids limit says no (bounded by the limit), says
+    // so in /tmp/full, and lets its children go when /tmp/release appears.
+    let filler = r#"
+import os, time
+kids = 0
+while True:
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        while not os.path.exists('/tmp/release'):
+            time.sleep(0.05)
+        os._exit(0)
+    kids += 1
+open('/tmp/full', 'w').write(str(kids))
+while not os.path.exists('/tmp/release'):
+    time.sleep(0.05)
+"#;
+    server.put_file(&id, "/workspace/filler.py", filler.as_bytes());
+    server
+        .request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/processes"),
+            &json!({"id": "filler", "argv": ["python3", "/workspace/filler.py"]}),
+        )
+        .expect(201);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server
+        .request(Method::GET, &Server::files_path(&id, "", "/tmp/full"))
+        .status
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filler never filled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = server.request_json(
+        Method::POST,
+        &format!("/v1/sandboxes/{id}/sessions"),
+        &json!({"id": "full"}),
+    );
+    r.expect_error(429, "limit_reached");
+    assert!(r.text().contains("limits.pids"), "{}", r.text());
+    // Room again: the session starts.
+    server.put_file(&id, "/tmp/release", b"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/sessions"),
+            &json!({"id": "room"}),
+        );
+        if r.status == 201 || std::time::Instant::now() > deadline {
+            r.expect(201);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -39,11 +39,11 @@ impl From<CoreError> for ApiError {
             "permission_denied" => StatusCode::FORBIDDEN,
             "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "no_space" => StatusCode::INSUFFICIENT_STORAGE,
-            "sandbox_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "sandbox_unavailable" | "busy" => StatusCode::SERVICE_UNAVAILABLE,
             "internal" => StatusCode::INTERNAL_SERVER_ERROR,
             "not_supported" => StatusCode::NOT_IMPLEMENTED,
             "git_failed" => StatusCode::BAD_GATEWAY,
-            "quota_exceeded" => StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded" | "limit_reached" => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
         Self::new(status, code, e.to_string())

@@ -45,6 +45,7 @@ pub struct AppState {
 /// The e2b dialect alone at `/` (`--e2b-listen`), behind its own auth.
 pub fn e2b_router(state: AppState) -> Router {
     compat::e2b_root(&state)
+        .layer(axum::middleware::from_fn(hold_output_charges))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -203,6 +204,29 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             routes::ports::by_host,
         ))
+        .layer(axum::middleware::from_fn(hold_output_charges))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Keeps what a request charged to the output budget (its buffered command output, see
+/// `sandpit_core::budget`) until its answer has been sent.
+async fn hold_output_charges(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use futures::StreamExt;
+    let slot = sandpit_core::budget::Slot::default();
+    let resp = sandpit_core::budget::HELD
+        .scope(slot.clone(), next.run(req))
+        .await;
+    if slot.lock().map_or(true, |held| held.is_empty()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &slot;
+        chunk
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::from_stream(body))
 }

@@ -43,6 +43,9 @@ pub enum CoreError {
     /// The server's own disk (the data dir, the store or local snapshot storage) is full.
     #[error("no space left on the server's disk: {0}")]
     NoSpace(String),
+    /// The server cannot take this call now (its budget for buffered output is in use).
+    #[error("{0}")]
+    Busy(String),
     /// A tenant's quota is used up; a retry may succeed after `retry_after` seconds.
     #[error("{message}")]
     QuotaExceeded { message: String, retry_after: u64 },
@@ -70,6 +73,7 @@ impl CoreError {
                 ErrorCode::BadRequest => "bad_request",
                 ErrorCode::NotRunning => "not_running",
                 ErrorCode::Timeout => "timeout",
+                ErrorCode::LimitReached => "limit_reached",
 
                 ErrorCode::Internal => "internal",
             },
@@ -82,6 +86,7 @@ impl CoreError {
             Self::Storage(_) => "storage_error",
             Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::NoSpace(_) => "no_space",
+            Self::Busy(_) => "busy",
         }
     }
 

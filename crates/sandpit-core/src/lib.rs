@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod budget;
 mod error;
 pub mod events;
 mod git;

@@ -36,6 +36,8 @@ pub struct CoreConfig {
     pub default_timeout_ms: u64,
     /// Cap on each of stdout and stderr of a buffered exec.
     pub max_output_bytes: usize,
+    /// Cap on the buffered output (raw and encoded) of all calls at once.
+    pub max_buffered_output_bytes: u64,
     /// How often expiry is checked and activity is flushed to the store.
     pub reap_interval: Duration,
     /// Where lifecycle events are POSTed.
@@ -60,6 +62,7 @@ impl Default for CoreConfig {
             },
             default_timeout_ms: 120_000,
             max_output_bytes: 10 * 1024 * 1024,
+            max_buffered_output_bytes: 512 * 1024 * 1024,
             reap_interval: Duration::from_secs(1),
             webhooks: Vec::new(),
             default_sleep_after_seconds: 0,
@@ -146,6 +149,8 @@ pub struct SandboxManager {
     creations: Mutex<HashMap<String, std::collections::VecDeque<i64>>>,
     /// The warm pool.
     pool: pool::Pool,
+    /// What buffered command output may hold of the server's memory.
+    output_budget: Arc<crate::budget::OutputBudget>,
 }
 
 /// The session that commands naming no other run in, created on first use.
@@ -250,6 +255,7 @@ impl SandboxManager {
             shell,
             storage: std::sync::OnceLock::new(),
             creations: Mutex::default(),
+            output_budget: crate::budget::OutputBudget::new(cfg.max_buffered_output_bytes),
             cfg,
         })
     }
@@ -1077,14 +1083,14 @@ impl SandboxManager {
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, CoreError> {
         let started = std::time::Instant::now();
         let mut rx = self.exec_stream(id, req).await?;
-        let c = collect(id, &mut rx, self.cfg.max_output_bytes).await?;
+        let c = collect(id, &mut rx, self.cfg.max_output_bytes, &self.output_budget).await?;
         match c.end {
             ExecEvent::Exited(status) => {
                 metrics::histogram!("sandpit_exec_duration_seconds")
                     .record(started.elapsed().as_secs_f64());
                 Ok(ExecResult {
-                    stdout: String::from_utf8_lossy(&c.out).into_owned(),
-                    stderr: String::from_utf8_lossy(&c.err).into_owned(),
+                    stdout: utf8_lossy(c.out),
+                    stderr: utf8_lossy(c.err),
                     exit_code: status.exit_code,
                     duration_ms: status.duration_ms,
                     timed_out: status.timed_out,
@@ -1588,11 +1594,11 @@ impl SandboxManager {
     /// Runs code to its end: output, results, error, execution count.
     pub async fn run_code(&self, id: &str, req: RunCode) -> Result<serde_json::Value, CoreError> {
         let mut rx = self.run_code_stream(id, req).await?;
-        let c = collect(id, &mut rx, self.cfg.max_output_bytes).await?;
+        let c = collect(id, &mut rx, self.cfg.max_output_bytes, &self.output_budget).await?;
         match c.end {
             ExecEvent::CodeResult(mut result) => {
-                result["stdout"] = String::from_utf8_lossy(&c.out).into_owned().into();
-                result["stderr"] = String::from_utf8_lossy(&c.err).into_owned().into();
+                result["stdout"] = utf8_lossy(c.out).into();
+                result["stderr"] = utf8_lossy(c.err).into();
                 result["truncated"] = c.truncated.into();
                 Ok(result)
             }
@@ -1611,7 +1617,7 @@ fn context(reply: Reply) -> Result<Context, CoreError> {
 }
 
 /// Output collected from a command's or code run's events (up to `cap` bytes per stream),
-/// and the event that ended it.
+/// and the event that ended it. Its charge on the output budget is held by the request.
 struct Collected {
     out: Vec<u8>,
     err: Vec<u8>,
@@ -1623,27 +1629,37 @@ async fn collect(
     id: &str,
     rx: &mut mpsc::Receiver<Result<ExecEvent, CoreError>>,
     cap: usize,
+    budget: &Arc<crate::budget::OutputBudget>,
 ) -> Result<Collected, CoreError> {
     let (mut out, mut err, mut truncated) = (Vec::new(), Vec::new(), false);
-    let mut append = |buf: &mut Vec<u8>, data: &Bytes| {
+    let mut charge = budget.charge();
+    let mut append = |buf: &mut Vec<u8>, data: &Bytes| -> Result<(), CoreError> {
         let room = cap.saturating_sub(buf.len());
         if data.len() > room {
             truncated = true;
         }
-        buf.extend_from_slice(&data[..data.len().min(room)]);
+        let take = &data[..data.len().min(room)];
+        charge.add(take.len() as u64)?;
+        buf.extend_from_slice(take);
+        Ok(())
     };
     while let Some(event) = rx.recv().await {
         match event? {
             ExecEvent::Started { .. } => {}
-            ExecEvent::Stdout(d) => append(&mut out, &d),
-            ExecEvent::Stderr(d) => append(&mut err, &d),
+            ExecEvent::Stdout(d) => append(&mut out, &d)?,
+            ExecEvent::Stderr(d) => append(&mut err, &d)?,
             end => {
+                // The answer's JSON is made from these bytes while they are still held.
+                // (Twice: the buffer it is written into grows by doubling.)
+                let json = crate::budget::json_len(&out) + crate::budget::json_len(&err);
+                charge.add(json.saturating_mul(2))?;
+                charge.hold();
                 return Ok(Collected {
                     out,
                     err,
                     truncated,
                     end,
-                })
+                });
             }
         }
     }
@@ -1651,6 +1667,11 @@ async fn collect(
         id,
         "the agent stopped answering mid-run",
     ))
+}
+
+/// The text of output bytes, without a copy when they are valid UTF-8.
+fn utf8_lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn unexpected(reply: Reply) -> CoreError {

@@ -374,6 +374,8 @@ pub enum ErrorCode {
     BadRequest,
     NotRunning,
     Timeout,
+    /// The sandbox is at one of its limits (pids, memory): fork or spawn said EAGAIN/ENOMEM.
+    LimitReached,
     Internal,
 }
 
@@ -402,6 +404,15 @@ impl AgentError {
             K::ResourceBusy => ErrorCode::PermissionDenied,
             // EXDEV: a rename across mounts.
             K::CrossesDevices => ErrorCode::BadRequest,
+            K::WouldBlock | K::OutOfMemory => {
+                return Self::new(
+                    ErrorCode::LimitReached,
+                    format!(
+                        "{path}: {err}: the sandbox is at its process or memory limit \
+                         (limits.pids, limits.memory_mb)"
+                    ),
+                )
+            }
             _ => match err.raw_os_error() {
                 // ENXIO: a FIFO without a reader; ELOOP; ENAMETOOLONG.
                 Some(6) | Some(40) | Some(36) => ErrorCode::InvalidPath,

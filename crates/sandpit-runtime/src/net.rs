@@ -252,11 +252,17 @@ pub fn attach(policy: &NetworkPolicy, pid: i32, sandbox_dir: &Path) -> Fallible<
     Ok(helper)
 }
 
+/// Largest size of `slirp4netns.log` (RLIMIT_FSIZE of slirp4netns).
+const SLIRP_LOG_MAX: libc::rlim_t = 1024 * 1024;
+
 fn spawn_slirp(pid: i32, sandbox_dir: &Path) -> Fallible<Helper> {
     let log_path = sandbox_dir.join("slirp4netns.log");
+    // Written by slirp4netns for as long as the sandbox lives: started afresh each time and
+    // capped below (what the sandbox's traffic makes it log cannot grow a host file).
     let log = fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .write(true)
+        .truncate(true)
         .open(&log_path)
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
@@ -272,8 +278,8 @@ fn spawn_slirp(pid: i32, sandbox_dir: &Path) -> Fallible<Helper> {
     // in the host's mount namespace those unmounts would propagate to shared host mounts
     // (e.g. every `ip netns` bind under /run/netns). `unshare` execs slirp4netns in place,
     // so the pid is slirp4netns's.
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "slirp4netns"])
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "slirp4netns"])
         .args([
             "--configure",
             "--mtu=65520",
@@ -290,7 +296,24 @@ fn spawn_slirp(pid: i32, sandbox_dir: &Path) -> Fallible<Helper> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let cap = libc::rlimit {
+                rlim_cur: SLIRP_LOG_MAX,
+                rlim_max: SLIRP_LOG_MAX,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Past the cap a write fails with EFBIG instead of killing slirp4netns.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let child = cmd
         .spawn()
         .map_err(|e| format!("starting slirp4netns: {e}"))?;
     drop(ready_w);

@@ -1,6 +1,8 @@
 //! The seccomp denylist every sandbox runs under, close to Docker's default profile: kernel
 //! interfaces a sandbox has no business with answer `EPERM`; `clone3` answers `ENOSYS` so
-//! libc falls back to `clone`, whose namespace flags can be inspected.
+//! libc falls back to `clone`, whose namespace flags can be inspected; sockets of any family
+//! but unix, inet, inet6 and netlink's route protocol answer `EAFNOSUPPORT` (vsock would
+//! reach the hypervisor of a VM host; packet, bluetooth, can, ... a sandbox never needs).
 
 use std::collections::BTreeMap;
 
@@ -62,6 +64,14 @@ const DENIED: &[i64] = &[
     libc::SYS_vhangup,
 ];
 
+/// Address families a sandbox may open sockets of.
+const FAMILIES: &[i32] = &[
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
 /// clone(2) flags that create namespaces.
 const NAMESPACE_FLAGS: &[i32] = &[
     libc::CLONE_NEWUSER,
@@ -115,9 +125,36 @@ pub fn filters() -> Result<Vec<BpfProgram>, SeccompError> {
         arch,
     )
     .map_err(err)?;
+    let arg = |n: u8, op: SeccompCmpOp, v: i32| {
+        SeccompCondition::new(n, SeccompCmpArgLen::Dword, op, v as u64).map_err(err)
+    };
+    let other_family = FAMILIES
+        .iter()
+        .map(|f| arg(0, SeccompCmpOp::Ne, *f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let netlink_not_route = vec![
+        arg(0, SeccompCmpOp::Eq, libc::AF_NETLINK)?,
+        arg(2, SeccompCmpOp::Ne, libc::NETLINK_ROUTE)?,
+    ];
+    let sockets = SeccompFilter::new(
+        [(
+            libc::SYS_socket,
+            vec![
+                SeccompRule::new(other_family).map_err(err)?,
+                SeccompRule::new(netlink_not_route).map_err(err)?,
+            ],
+        )]
+        .into_iter()
+        .collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        arch,
+    )
+    .map_err(err)?;
     Ok(vec![
         deny.try_into().map_err(err)?,
         clone3.try_into().map_err(err)?,
+        sockets.try_into().map_err(err)?,
     ])
 }
 
@@ -134,7 +171,7 @@ mod tests {
     #[test]
     fn filters_compile() {
         let f = super::filters().unwrap();
-        assert_eq!(f.len(), 2);
+        assert_eq!(f.len(), 3);
         assert!(!f[0].is_empty());
     }
 }
