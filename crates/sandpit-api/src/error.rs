@@ -5,6 +5,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sandpit_core::CoreError;
 
+use crate::shared::proxy::ProxyError;
+use crate::shared::status::status_of;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -29,24 +32,13 @@ impl ApiError {
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         let code = e.code();
-        let status = match code {
-            "not_found" | "snapshot_not_found" => StatusCode::NOT_FOUND,
-            "storage_error" => StatusCode::BAD_GATEWAY,
-            "already_exists" | "not_empty" | "not_running" => StatusCode::CONFLICT,
-            "interrupted" => StatusCode::CONFLICT,
-            "timeout" => StatusCode::REQUEST_TIMEOUT,
+        Self::new(status_of(code), code, e.to_string())
+    }
+}
 
-            "permission_denied" => StatusCode::FORBIDDEN,
-            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "no_space" => StatusCode::INSUFFICIENT_STORAGE,
-            "sandbox_unavailable" | "busy" => StatusCode::SERVICE_UNAVAILABLE,
-            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
-            "not_supported" => StatusCode::NOT_IMPLEMENTED,
-            "git_failed" => StatusCode::BAD_GATEWAY,
-            "quota_exceeded" | "limit_reached" => StatusCode::TOO_MANY_REQUESTS,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self::new(status, code, e.to_string())
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        Self::new(e.status, e.code, e.message)
     }
 }
 

@@ -10,37 +10,19 @@ mod error;
 mod extract;
 mod openapi;
 mod routes;
-
-use std::sync::Arc;
+mod shared;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
-use sandpit_core::SandboxManager;
 use tower_http::trace::TraceLayer;
 
 pub use compat::validate_root_dialect;
 pub use error::ApiError;
+pub use shared::AppState;
 
 /// Largest JSON body accepted (exec stdin travels in it).
 pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub manager: Arc<SandboxManager>,
-    /// Bearer token required on every route but `/health` and `/openapi.json`; `None` disables auth.
-    pub token: Option<Arc<str>>,
-    /// Every accepted API key (tenants' and the token), hashed; none = open API.
-    pub keys: Arc<sandpit_core::tenant::Keys>,
-    pub metrics: PrometheusHandle,
-    /// Largest file upload accepted, in bytes.
-    pub max_upload_bytes: u64,
-    /// The dialect also served at `/` (`--root-dialect`); native routes win over its routes.
-    pub root_dialect: Option<Arc<str>>,
-    /// `ports_domain`: a request whose Host is `{port}-{id}.{domain}` goes to that port.
-    pub ports_domain: Option<Arc<str>>,
-}
 
 /// The e2b dialect alone at `/` (`--e2b-listen`), behind its own auth.
 pub fn e2b_router(state: AppState) -> Router {
@@ -198,7 +180,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(ports)
         .merge(compat::routes(&state))
-        .fallback_service(compat::root(&state))
+        .fallback_service(fallback(&state))
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -207,6 +189,23 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(hold_output_charges))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// What answers requests no native route matches: the `--root-dialect` (so a native route
+/// always wins over a dialect's), or the native "no such route".
+fn fallback(state: &AppState) -> Router {
+    let dialect = state.root_dialect.as_deref().and_then(|name| {
+        let found = compat::find(name);
+        if found.is_none() {
+            tracing::warn!(dialect = name, "unknown root dialect; none mounted at /");
+        }
+        found
+    });
+    let router = match dialect {
+        Some(d) => d.serve(state),
+        None => Router::new().fallback(routes::ops::not_found),
+    };
+    router.with_state(state.clone())
 }
 
 /// Keeps what a request charged to the output budget (its buffered command output, see

@@ -20,7 +20,7 @@ use super::{
     is_missing_entry, iso, read_all, seconds, write_all, AuthFailure, Body, CompatError, Dialect,
     Params,
 };
-use crate::AppState;
+use crate::shared::AppState;
 
 pub const DIALECT: Dialect = Dialect {
     name: "acontext",

@@ -21,8 +21,8 @@ use sandpit_core::CoreError;
 use serde_json::{json, Value};
 
 use super::{iso_now, text, AuthFailure, Body, CompatError, Dialect};
-use crate::routes::ports::{proxy, Target};
-use crate::AppState;
+use crate::shared::proxy::{proxy, Target};
+use crate::shared::AppState;
 
 pub const DIALECT: Dialect = Dialect {
     name: "agentpod",

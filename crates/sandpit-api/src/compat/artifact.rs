@@ -25,7 +25,7 @@ use super::{
     basename, is_missing_entry, iso_now, read_all, text, write_all, AuthFailure, CompatError,
     Dialect, Lenient, Params,
 };
-use crate::AppState;
+use crate::shared::AppState;
 
 pub const DIALECT: Dialect = Dialect {
     name: "artifact",

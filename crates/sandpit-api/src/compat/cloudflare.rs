@@ -30,8 +30,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ensure_sandbox, iso_now, read_all, text, write_all, AuthFailure, CompatError};
 use super::{Dialect, Lenient};
-use crate::routes::exec::Utf8Carry;
-use crate::AppState;
+use crate::shared::sse::Utf8Carry;
+use crate::shared::AppState;
 
 pub const DIALECT: Dialect = Dialect {
     name: "cloudflare",
@@ -1054,7 +1054,7 @@ async fn stream_logs(
     });
     // Task-locals do not cross `spawn`: the follower looks the sandbox up as the caller.
     tokio::spawn(sandpit_core::tenant::inherit(async move {
-        let _follower = crate::routes::processes::Follower::new();
+        let _follower = crate::shared::follow::Follower::new();
         if tx.send(first).await.is_err() {
             return;
         }
@@ -1100,7 +1100,7 @@ async fn stream_logs(
                 return;
             }
             // A client that went away ends the follower even while nothing is written.
-            if drained && !crate::routes::processes::pause_follow(&tx, FOLLOW_EVERY).await {
+            if drained && !crate::shared::follow::pause_follow(&tx, FOLLOW_EVERY).await {
                 return;
             }
         }

@@ -25,7 +25,7 @@ use super::{
     ensure_sandbox, is_missing_entry, read_all, text, write_all, AuthFailure, CompatError, Dialect,
     Lenient, Params,
 };
-use crate::AppState;
+use crate::shared::AppState;
 
 pub const DIALECT: Dialect = Dialect {
     name: "kapin",
@@ -194,7 +194,7 @@ async fn exec(
     };
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         let rx = s.manager.exec_stream(&id, req).await?;
-        return Ok(crate::routes::exec::event_stream(rx));
+        return Ok(crate::shared::sse::event_stream(rx));
     }
     let r = s.manager.exec(&id, req).await?;
     Ok(Json(json!({

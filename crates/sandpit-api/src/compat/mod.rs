@@ -30,7 +30,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{ApiError, AppState};
+pub use crate::shared::caller::AuthFailure;
+use crate::shared::status::status_of;
+use crate::shared::AppState;
 
 /// Largest request body a dialect accepts: file contents travel inside JSON (base64 grows
 /// them by a third).
@@ -49,15 +51,6 @@ pub struct Dialect {
     pub unauthorized: fn(AuthFailure) -> CompatError,
 }
 
-/// Why a request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No `Authorization` header at all.
-    Missing,
-    /// A header that does not carry the server's token.
-    Wrong,
-}
-
 /// Every dialect sandpit serves.
 pub const DIALECTS: [&Dialect; 7] = [
     &acontext::DIALECT,
@@ -71,7 +64,7 @@ pub const DIALECTS: [&Dialect; 7] = [
 /// Dialects described in the source documents but not built yet.
 const PLANNED: [&str; 0] = [];
 
-fn find(name: &str) -> Option<&'static Dialect> {
+pub(crate) fn find(name: &str) -> Option<&'static Dialect> {
     DIALECTS.into_iter().find(|d| d.name == name)
 }
 
@@ -95,7 +88,7 @@ pub fn validate_root_dialect(name: &str) -> Result<(), String> {
 
 impl Dialect {
     /// The dialect's routes behind its own token check.
-    fn serve(&'static self, state: &AppState) -> axum::Router<AppState> {
+    pub(crate) fn serve(&'static self, state: &AppState) -> axum::Router<AppState> {
         let router = (self.router)()
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
@@ -124,23 +117,6 @@ pub(crate) fn e2b_root(state: &AppState) -> axum::Router<AppState> {
     e2b::DIALECT.serve(state)
 }
 
-/// What answers requests no native route matches: the `--root-dialect` (so a native route
-/// always wins over a dialect's), or the native "no such route".
-pub(crate) fn root(state: &AppState) -> axum::Router {
-    let dialect = state.root_dialect.as_deref().and_then(|name| {
-        let found = find(name);
-        if found.is_none() {
-            tracing::warn!(dialect = name, "unknown root dialect; none mounted at /");
-        }
-        found
-    });
-    let router = match dialect {
-        Some(d) => d.serve(state),
-        None => axum::Router::new().fallback(crate::routes::ops::not_found),
-    };
-    router.with_state(state.clone())
-}
-
 async fn authorize(
     State((state, dialect)): State<(AppState, &'static Dialect)>,
     req: Request,
@@ -154,14 +130,14 @@ async fn authorize(
         let found = if dialect.name == e2b::DIALECT.name {
             e2b::caller_of(&state, req.headers())
         } else {
-            crate::auth::caller_of(&state, req.headers())
+            crate::shared::caller::caller_of(&state.keys, req.headers())
         };
         match found {
             Ok(caller) => caller,
             Err(failure) => return (dialect.unauthorized)(failure).into_response(),
         }
     };
-    crate::auth::run_as(caller, next.run(req)).await
+    crate::shared::caller::run_as(caller, next.run(req)).await
 }
 
 async fn method_not_allowed(method: Method, uri: OriginalUri) -> CompatError {
@@ -210,8 +186,7 @@ impl CompatError {
 /// The core's errors keep the native status codes and carry the core's message.
 impl From<CoreError> for CompatError {
     fn from(e: CoreError) -> Self {
-        let api = ApiError::from(e);
-        Self::new(api.status, api.message)
+        Self::new(status_of(e.code()), e.to_string())
     }
 }
 

@@ -17,7 +17,7 @@ use super::{
     ensure_sandbox, is_missing_entry, read_all, write_all, AuthFailure, Body, CompatError, Dialect,
     Params,
 };
-use crate::AppState;
+use crate::shared::AppState;
 
 pub const DIALECT: Dialect = Dialect {
     name: "rlm",

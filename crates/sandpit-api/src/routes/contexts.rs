@@ -9,8 +9,9 @@ use sandpit_core::model::{Context, CreateContext, RunCode};
 
 use crate::extract::JsonBody;
 use crate::openapi::{AgentErrors, ContextList, ContextPath, ErrorBody, RunResult, SandboxPath};
-use crate::routes::exec::{event_stream, wants_sse};
-use crate::{ApiError, AppState};
+use crate::shared::sse::{event_stream, wants_sse};
+use crate::shared::AppState;
+use crate::ApiError;
 
 /// Starts a code-interpreter context: a stateful interpreter.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/contexts", tag = "code",

@@ -14,7 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::extract::{check_path, query_param, FilePath, JsonBody};
 use crate::openapi::{AgentErrors, DirListing, ErrorBody, FileQuery, RemoveQuery, SandboxPath};
-use crate::{ApiError, AppState};
+use crate::shared::AppState;
+use crate::ApiError;
 
 /// Reads a file: its raw bytes.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/files", tag = "files", operation_id = "read_file",

@@ -6,7 +6,8 @@ use sandpit_core::model::{GitCheckout, GitClone};
 
 use crate::extract::JsonBody;
 use crate::openapi::{AgentErrors, ErrorBody, SandboxPath};
-use crate::{ApiError, AppState};
+use crate::shared::AppState;
+use crate::ApiError;
 
 /// Clones `url` into `dir` (default `/workspace/<repository name>`), or, when `dir` holds a
 /// repository already, fetches `branch` (or the remote's HEAD) and fast-forwards to it. git

@@ -6,7 +6,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use crate::openapi::{ErrorBody, Health};
-use crate::{ApiError, AppState};
+use crate::shared::AppState;
+use crate::ApiError;
 
 /// Liveness and version (no auth).
 #[utoipa::path(get, path = "/health", tag = "ops", operation_id = "health",

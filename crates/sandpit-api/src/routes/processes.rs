@@ -18,41 +18,15 @@ use crate::openapi::{
     AgentErrors, ErrorBody, LogsQuery, PortReady, ProcessList, ProcessLogs, ProcessPath,
     SandboxPath,
 };
-use crate::{ApiError, AppState};
+use crate::shared::follow::{pause_follow, Follower};
+use crate::shared::AppState;
+use crate::ApiError;
 
 /// Most log bytes returned by one call.
 const LOG_PAGE: u64 = 1024 * 1024;
 /// How often a followed log is checked for new output.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 
-/// A running log follower (native or a dialect's), counted in the `sandpit_log_followers`
-/// gauge for as long as its task lives.
-pub(crate) struct Follower(());
-
-impl Follower {
-    pub(crate) fn new() -> Self {
-        metrics::gauge!("sandpit_log_followers").increment(1.0);
-        Self(())
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        metrics::gauge!("sandpit_log_followers").decrement(1.0);
-    }
-}
-
-/// Waits `every` before a follower looks at a silent log again; `false` as soon as its
-/// client went away (the response's receiver is gone), so the follower ends then and not
-/// at its next write.
-pub(crate) async fn pause_follow<T>(tx: &tokio::sync::mpsc::Sender<T>, every: Duration) -> bool {
-    tokio::select! {
-        _ = tx.closed() => false,
-        _ = tokio::time::sleep(every) => true,
-    }
-}
-
-/// Starts a background process.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/processes", tag = "processes",
     operation_id = "start_process", params(SandboxPath), request_body = StartProcess,
     responses((status = 201, body = Process),

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use crate::extract::query_param;
 use crate::openapi::{AgentErrors, ErrorBody, PtyQuery, SandboxPath};
-use crate::{ApiError, AppState};
+use crate::shared::AppState;
+use crate::ApiError;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

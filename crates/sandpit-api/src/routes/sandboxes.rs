@@ -7,7 +7,8 @@ use sandpit_core::model::{CreateSandbox, Sandbox, UpdateSandbox};
 
 use crate::extract::JsonBody;
 use crate::openapi::{AgentErrors, ErrorBody, SandboxList, SandboxPath};
-use crate::{ApiError, AppState};
+use crate::shared::AppState;
+use crate::ApiError;
 
 /// Creates and starts a sandbox.
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", operation_id = "create_sandbox",

@@ -7,7 +7,8 @@ use sandpit_core::model::{CreateSession, Session};
 
 use crate::extract::JsonBody;
 use crate::openapi::{AgentErrors, ErrorBody, SandboxPath, SessionList, SessionPath};
-use crate::{ApiError, AppState};
+use crate::shared::AppState;
+use crate::ApiError;
 
 /// Starts a session: a long-lived shell.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/sessions", tag = "sessions",

@@ -10,7 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::JsonBody;
 use crate::openapi::{AgentErrors, ErrorBody, SandboxPath};
-use crate::{ApiError, AppState};
+use crate::shared::AppState;
+use crate::ApiError;
 
 /// Documentation only: the answer of the snapshot list.
 #[derive(ToSchema)]

@@ -15,8 +15,6 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::ApiError;
-
 /// Flag of a compressed message (refused: the SDK never compresses).
 const FLAG_COMPRESSED: u8 = 0x01;
 /// Flag of the frame that ends a stream.
@@ -90,8 +88,7 @@ impl RpcError {
             "sandbox_unavailable" => "unavailable",
             _ => "internal",
         };
-        let api = ApiError::from(e);
-        Self::new(code, api.message)
+        Self::new(code, e.to_string())
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::Json2b;
 use super::{core_error, meta_of, request_key, set_meta, E2bError, Meta, ENVD_VERSION};
 use crate::compat::Params;
-use crate::AppState;
+use crate::shared::AppState;
 
 /// Seconds a sandbox lives without a `timeout` (E2B's API default).
 const DEFAULT_TIMEOUT: u64 = 300;

@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::connect::{self, RpcError, StreamTx};
 use super::{sandbox_of, E2bError};
 use crate::compat::{basename, Params};
-use crate::AppState;
+use crate::shared::AppState;
 
 /// Most log bytes read per poll.
 const LOG_PAGE: u64 = 1024 * 1024;

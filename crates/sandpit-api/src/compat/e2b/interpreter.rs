@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::sandbox_of;
 use crate::compat::{iso_now, Body as JsonBody};
-use crate::AppState;
+use crate::shared::AppState;
 
 /// sandpit's MIME keys and E2B's names for them.
 const FORMATS: [(&str, &str); 10] = [
@@ -53,8 +53,7 @@ fn core(id: &str, e: CoreError) -> InterpError {
             format!("sandbox \"{id}\" was not found"),
         );
     }
-    let api = crate::ApiError::from(e);
-    InterpError(api.status, api.message)
+    InterpError(crate::shared::status::status_of(e.code()), e.to_string())
 }
 
 fn sandbox(headers: &HeaderMap) -> Result<String, InterpError> {

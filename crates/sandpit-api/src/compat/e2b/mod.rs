@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AuthFailure, CompatError, Dialect};
-use crate::{ApiError, AppState};
+use crate::shared::proxy::{proxy, Target};
+use crate::shared::status::status_of;
+use crate::shared::AppState;
 
 pub const DIALECT: Dialect = Dialect {
     name: "e2b",
@@ -111,13 +113,13 @@ async fn not_found(
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        let target = crate::routes::ports::Target {
+        let target = Target {
             id: &id,
             port,
             path_and_query,
             prefix: String::new(),
         };
-        return match crate::routes::ports::proxy(&s.manager, target, req).await {
+        return match proxy(&s.manager, target, req).await {
             Ok(r) => r,
             Err(e) => E2bError::new(e.status, e.message).into_response(),
         };
@@ -159,7 +161,7 @@ pub(crate) fn caller_of(state: &AppState, headers: &HeaderMap) -> Result<Caller,
             }
         }
     }
-    match crate::auth::caller_of(state, headers) {
+    match crate::shared::caller::caller_of(&state.keys, headers) {
         Err(AuthFailure::Missing) if given => Err(AuthFailure::Wrong),
         Err(AuthFailure::Wrong) if !bearer(headers) && !given => Err(AuthFailure::Missing),
         other => other,
@@ -267,8 +269,7 @@ impl E2bError {
 
 impl From<CoreError> for E2bError {
     fn from(e: CoreError) -> Self {
-        let api = ApiError::from(e);
-        Self::new(api.status, api.message)
+        Self::new(status_of(e.code()), e.to_string())
     }
 }
 
